@@ -1,0 +1,117 @@
+"""The Nucleus command line.
+
+    python -m nucleus generate --preset recipe --temperature 0.7 --seed 42
+    python -m nucleus generate --prompt "### Lesson: Bees\n### Introduction\n" --max-new-tokens 100
+    python -m nucleus presets
+    python -m nucleus info [--model PATH_OR_HUB_ID]
+
+Text streams to stdout; the seed, token count and speed go to stderr so stdout stays clean.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .settings import BOUNDS, MAX_STOP_STRINGS, SamplingSettings, SettingsError, allowed, unescape
+
+
+def _number(name: str):
+    """argparse type for a numeric setting whose error names the setting and its range."""
+    kind = BOUNDS[name][0]
+
+    def parse(text: str):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number; allowed: {allowed(name)}") from None
+        return int(value) if kind is int and value.is_integer() else value
+    return parse
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m nucleus", description="Generate with Nucleus models.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def model_flags(sp):
+        sp.add_argument("--model", help="Hub id or local folder (default: NUCLEUS_MODEL, Hub, bundled nano)")
+        sp.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
+        sp.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default: auto)")
+
+    g = sub.add_parser("generate", help="stream a completion to stdout")
+    model_flags(g)
+    g.add_argument("--prompt", help="prompt text; backslash escapes like \\n are honoured")
+    g.add_argument("--preset", help="start from a preset's prompt and settings (see `presets`)")
+    for name, (_, _, _, _, help_) in BOUNDS.items():
+        g.add_argument("--" + name.replace("_", "-"), dest=name, type=_number(name), default=None,
+                       help=f"{help_}; {allowed(name)}")
+    g.add_argument("--stop", action="append", default=None,
+                   help=f"stop string (repeatable, at most {MAX_STOP_STRINGS}); the text ends before it")
+    sub.add_parser("presets", help="list the presets").add_argument("--json", action="store_true")
+    model_flags(sub.add_parser("info", help="which model would be served, its size, device and dtype"))
+    return p.parse_args(argv)
+
+
+def _settings(args, base: SamplingSettings) -> SamplingSettings:
+    changes = {name: getattr(args, name) for name in BOUNDS if getattr(args, name) is not None}
+    if args.stop is not None:
+        changes["stop"] = [unescape(s) for s in args.stop]
+    return base.replace(**changes)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from .presets import load_presets
+
+    if args.command == "presets":
+        presets = load_presets()
+        if args.json:
+            print(json.dumps([p.to_dict() for p in presets.values()], indent=1))
+        for p in presets.values() if not args.json else ():
+            print(f"{p.name:18} {p.description}")
+        return 0
+
+    from .generation import stream
+    from .loading import ModelLoadError, load, resolve_model
+
+    try:
+        source, why = resolve_model(args.model)
+        if args.command == "generate":
+            presets = load_presets()
+            if args.preset and args.preset not in presets:
+                raise SettingsError("preset", f"unknown preset {args.preset!r}; choose one of {', '.join(presets)}")
+            preset = presets.get(args.preset)
+            settings = _settings(args, preset.settings if preset else SamplingSettings())
+            prompt = unescape(args.prompt) if args.prompt is not None else (
+                preset.prompt if preset else None)
+            if prompt is None:
+                raise SettingsError("prompt", "give --prompt TEXT or --preset NAME")
+        lm = load(source, args.device, args.dtype)
+    except (ModelLoadError, SettingsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.command == "info":
+        print(f"model:  {lm.source} (chosen by {why})\nsize:   {lm.n_params:,} parameters\n"
+              f"device: {lm.device}\ndtype:  {str(lm.dtype).removeprefix('torch.')}\ncontext: {lm.context_length}")
+        return 0
+
+    sys.stdout.write(prompt)
+    shown = 0
+    try:
+        for update in stream(lm, prompt, settings):
+            sys.stdout.write(update.text[shown:])
+            sys.stdout.flush()
+            shown = len(update.text)
+    except SettingsError as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # the stream's cleanup has already stopped the worker
+        print("\n[interrupted]", file=sys.stderr)
+        return 130
+    print(f"\n[seed {update.seed} | {update.tokens} tokens | {update.tokens_per_second:.1f} tok/s | "
+          f"{update.finish_reason}]" + (f"\n[warning] {update.warning}" if update.warning else ""), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
