@@ -65,9 +65,18 @@ def _check_prompt(prompt) -> str:
     return prompt
 
 
+def _max_new_limit(lm: nucleus.LoadedModel) -> int:
+    """The slider's top: what the model's context leaves after at least one prompt token."""
+    return min(BOUNDS["max_new_tokens"][2], lm.context_length - 1)
+
+
+FINISH_REASONS = {"eos": "end of text", "length": "max new tokens reached", "stop": "stop string found",
+                  "cancelled": "stopped"}
+
+
 def _status(update: nucleus.Update) -> str:
     line = (f"Seed **{update.seed}** · {update.tokens} tokens · {update.tokens_per_second:.1f} tokens/s"
-            + (f" · finished: {update.finish_reason}" if update.done else " · generating…"))
+            + (f" · {FINISH_REASONS[update.finish_reason]}" if update.done else " · generating…"))
     return line + (f"\n\n⚠️ {update.warning}" if update.warning else "")
 
 
@@ -77,14 +86,15 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "") -> gr.Blocks:
     first = presets.get(DEFAULT_PRESET) or next(iter(presets.values()))
     initial_label = catalog.labels[0]
     cancels: dict[str, threading.Event] = {}   # session -> cancel flag of its running generation
+    latest: dict[str, nucleus.Update] = {}     # session -> last update shown, for the Stop message
 
     def model_info(label: str) -> str:
         lm = catalog.get(label)
         return f"**Model:** {lm.describe()}" + (f" · chosen by {chosen_by}" if label == initial_label and chosen_by else "")
 
-    def slider(name, label, step, value):
-        kind, lo, hi, _, help_ = BOUNDS[name]
-        return gr.Slider(lo, hi, value=value, step=step, label=label, info=help_,
+    def slider(name, label, step, value, hi=None):
+        kind, lo, top, _, help_ = BOUNDS[name]
+        return gr.Slider(lo, top if hi is None else hi, value=value, step=step, label=label, info=help_,
                          precision=0 if kind is int else None)
 
     with gr.Blocks(title=TITLE) as demo:
@@ -112,7 +122,8 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "") -> gr.Blocks:
                 s = first.settings
                 temperature = slider("temperature", "Temperature", 0.05, s.temperature)
                 top_p = slider("top_p", "Top-p", 0.01, s.top_p)
-                max_new = slider("max_new_tokens", "Max new tokens", 1, s.max_new_tokens)
+                max_new = slider("max_new_tokens", "Max new tokens", 1, s.max_new_tokens,
+                                 hi=_max_new_limit(catalog.get(initial_label)))
                 rep = slider("repetition_penalty", "Repetition penalty", 0.05, s.repetition_penalty)
                 with gr.Accordion("Advanced", open=False):
                     top_k = slider("top_k", "Top-k", 1, s.top_k)
@@ -136,8 +147,9 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "") -> gr.Blocks:
                       api_visibility="private")
 
         @_gpu_lease
-        def run(label, text, *values, request: gr.Request):
-            settings = _settings_from_ui(*values)
+        def run(label, text, temperature, top_p, top_k, min_p, rep, ngram, max_new, stop_text, seed,
+                request: gr.Request):
+            settings = _settings_from_ui(temperature, top_p, top_k, min_p, rep, ngram, max_new, stop_text, seed)
             text = _check_prompt(text)
             try:
                 lm = catalog.get(label)
@@ -147,33 +159,42 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "") -> gr.Blocks:
             cancel = cancels[session] = threading.Event()
             try:
                 for update in nucleus.stream(lm, text, settings, cancel):
+                    latest[session] = update
                     yield text + update.text, _status(update), update.seed
             except SettingsError as e:
                 raise gr.Error(str(e)) from None
             finally:
                 cancels.pop(session, None)
+                latest.pop(session, None)
 
         run_event = run_btn.click(run, [model, prompt] + settings_inputs, [output, status, last_seed],
                                   api_visibility="private", concurrency_id="generate",
                                   concurrency_limit=CONCURRENCY)
 
         def stop(request: gr.Request):
-            flag = cancels.get(request.session_hash if request else "local")
+            session = request.session_hash if request else "local"
+            flag, update = cancels.get(session), latest.get(session)
             if flag:
                 flag.set()   # the stopping criterion ends generate() within one token
+            if update is None:
+                return gr.skip()
+            return _status(update).replace("generating…", "stopped")
 
-        stop_btn.click(stop, None, None, cancels=[run_event], api_visibility="private", queue=False)
+        # `cancels` also drops a request still waiting in the queue.
+        stop_btn.click(stop, None, status, cancels=[run_event], api_visibility="private", queue=False)
         clear_btn.click(lambda: ("", "", ""), None, [prompt, output, status], api_visibility="private",
                         queue=False)
         reuse_btn.click(lambda v: v, last_seed, seed, api_visibility="private", queue=False)
 
-        def switch_model(label):
+        def switch_model(label, wanted):
             try:
-                return model_info(label)
+                limit = _max_new_limit(catalog.get(label))
+                return model_info(label), gr.Slider(maximum=limit, value=min(wanted, limit))
             except nucleus.ModelLoadError as e:
                 raise gr.Error(str(e)) from None
 
-        model.change(switch_model, model, info, api_visibility="private", concurrency_id="generate")
+        model.change(switch_model, [model, max_new], [info, max_new], api_visibility="private",
+                     concurrency_id="generate")
 
         # -- API (gradio_client): typed endpoints validated by the same SamplingSettings --
         def generate(prompt: str, temperature: float = 0.7, top_p: float = 0.9, top_k: int = 0,

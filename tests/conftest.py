@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny random Nucleus-family checkpoint written by the tests themselves.
+Nothing here touches the Hub or a GPU."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")          # tests never reach for the Hub
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+def write_tiny_checkpoint(folder: Path, seed: int = 0) -> Path:
+    from nucleus import architecture
+    from nucleus.tokenizer import load_tokenizer
+
+    model = architecture.build("tiny", seed=seed)
+    model.save_pretrained(folder)          # safetensors by default
+    load_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-nucleus"))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_dir):
+    import nucleus
+
+    return nucleus.load(tiny_dir, device="cpu")

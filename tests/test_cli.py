@@ -1,0 +1,42 @@
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def cli(*args, env_model=None):
+    return subprocess.run([sys.executable, "-m", "nucleus", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_presets_lists_names_and_json():
+    out = cli("presets")
+    assert out.returncode == 0 and out.stdout.startswith("recipe")
+    data = json.loads(cli("presets", "--json").stdout)
+    assert {"recipe", "question-answer"} <= {p["name"] for p in data}
+
+
+def test_generate_streams_and_reproduces_with_a_seed(tiny_dir):
+    args = ("generate", "--model", str(tiny_dir), "--preset", "recipe", "--temperature", "0.9",
+            "--max-new-tokens", "20", "--seed", "11")
+    a, b = cli(*args), cli(*args)
+    assert a.returncode == 0, a.stderr
+    assert a.stdout == b.stdout and a.stdout.startswith("### Recipe: Classic Banana Bread\n")
+    assert "seed 11 | 20 tokens" in a.stderr
+
+
+def test_bad_values_name_the_field(tiny_dir):
+    out = cli("generate", "--model", str(tiny_dir), "--prompt", "hi", "--top-p", "1.5")
+    assert out.returncode == 2 and "top_p: 1.5 is out of range" in out.stderr and "top_p <= 1" in out.stderr
+    out = cli("generate", "--prompt", "hi", "--temperature", "warm")
+    assert out.returncode == 2 and "temperature must be a number" in out.stderr
+    out = cli("generate", "--model", str(tiny_dir), "--preset", "nope")
+    assert out.returncode == 2 and "unknown preset 'nope'" in out.stderr
+    out = cli("info", "--model", "/definitely/not/here")
+    assert out.returncode == 2 and "does not exist" in out.stderr
+
+
+def test_info(tiny_dir):
+    out = cli("info", "--model", str(tiny_dir))
+    assert out.returncode == 0 and "parameters" in out.stdout and "device: cpu" in out.stdout

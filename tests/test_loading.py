@@ -1,0 +1,110 @@
+import shutil
+import time
+
+import pytest
+import torch
+
+import nucleus
+from nucleus import loading
+from nucleus.loading import ModelCatalog, ModelLoadError, load, resolve_model
+
+
+def copy_of(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_loads_a_local_folder_with_its_facts(tiny_lm):
+    assert tiny_lm.n_params == nucleus.architecture.count_params(tiny_lm.model.config)
+    assert tiny_lm.device.type == "cpu" and tiny_lm.dtype == torch.float32
+    assert tiny_lm.context_length == 512 and "on cpu" in tiny_lm.describe()
+    assert not tiny_lm.model.training
+
+
+def test_missing_folder_and_missing_config(tmp_path):
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load(tmp_path / "nope")
+    with pytest.raises(ModelLoadError, match="config.json is missing"):
+        load(tmp_path)
+
+
+def test_pickle_only_checkpoint_is_refused_with_the_reason(tiny_dir, tmp_path):
+    d = copy_of(tiny_dir, tmp_path / "m")
+    (d / "model.safetensors").unlink()
+    torch.save({"w": torch.zeros(1)}, d / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match="pickle.*safetensors only"):
+        load(d)
+
+
+def test_partial_and_corrupt_checkpoints(tiny_dir, tmp_path):
+    d = copy_of(tiny_dir, tmp_path / "partial")
+    (d / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="no weights"):
+        load(d)
+    d = copy_of(tiny_dir, tmp_path / "sharded")
+    (d / "model.safetensors.index.json").write_text('{"weight_map": {"a": "model-00002-of-00002.safetensors"}}')
+    with pytest.raises(ModelLoadError, match="shard model-00002-of-00002.safetensors is missing"):
+        load(d)
+    d = copy_of(tiny_dir, tmp_path / "corrupt")
+    w = d / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 3])    # a download cut short
+    with pytest.raises(ModelLoadError, match="corrupt or truncated"):
+        load(d)
+
+
+def test_unreachable_hub_is_one_sentence(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="not reachable"):
+        load("NucleusOrg/no-such-model-for-tests")
+
+
+def test_resolution_order(monkeypatch, tiny_dir, tmp_path):
+    monkeypatch.setenv("NUCLEUS_MODEL", "from-env")
+    assert resolve_model("from-flag") == ("from-flag", "--model flag")
+    assert resolve_model(None) == ("from-env", "NUCLEUS_MODEL")
+    monkeypatch.delenv("NUCLEUS_MODEL")
+    monkeypatch.setattr(loading, "hub_reachable", lambda: True)
+    assert resolve_model(None)[0] == loading.DEFAULT_HUB_MODEL
+    monkeypatch.setattr(loading, "hub_reachable", lambda: False)
+    monkeypatch.setattr(loading, "BUNDLED_MODEL", tiny_dir)
+    assert resolve_model(None) == (str(tiny_dir), "bundled offline default (Hub not reachable)")
+    monkeypatch.setattr(loading, "BUNDLED_MODEL", tmp_path / "missing")
+    with pytest.raises(ModelLoadError, match="--model PATH"):
+        resolve_model(None)
+
+
+def test_offline_check_does_not_stall(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loading.hub_reachable.cache_clear()
+    start = time.perf_counter()
+    assert loading.hub_reachable() is False
+    assert time.perf_counter() - start < 0.5
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")   # closed port: answered at once
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
+    loading.hub_reachable.cache_clear()
+    start = time.perf_counter()
+    assert loading.hub_reachable(timeout=1.0) is False
+    assert time.perf_counter() - start < 1.5
+    loading.hub_reachable.cache_clear()
+
+
+def test_catalog_lists_only_known_models(monkeypatch, tiny_dir, tmp_path):
+    other = copy_of(tiny_dir, tmp_path / "other-model")
+    monkeypatch.setenv("NUCLEUS_MODELS", str(other))
+    monkeypatch.setattr(loading, "BUNDLED_MODEL", tmp_path / "missing")
+    cat = ModelCatalog(str(tiny_dir), device="cpu", probe_hub=False)
+    assert cat.labels == [tiny_dir.name, "other-model"]
+    assert cat.get("other-model").path == other
+    with pytest.raises(ModelLoadError, match="unknown model '/etc'"):
+        cat.get("/etc")
+    assert isinstance(cat.get(tiny_dir.name), nucleus.LoadedModel)
+
+
+def test_dtype_choice():
+    cpu = torch.device("cpu")
+    assert loading.pick_dtype("auto", cpu, 20_000_000) == torch.float32
+    assert loading.pick_dtype("auto", cpu, 1_134_596_096) == torch.bfloat16
+    assert loading.pick_dtype("bf16", cpu, 1) == torch.bfloat16
+    with pytest.raises(ModelLoadError, match="unknown dtype"):
+        loading.pick_dtype("int3", cpu, 1)
