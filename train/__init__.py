@@ -1,0 +1,1 @@
+"""The Nucleus training kit: pretrain.py and finetune.py over one engine (see README)."""

@@ -1,0 +1,492 @@
+"""The one training loop, on accelerate: precision, accumulation, eval, checkpoints, resume, logs.
+
+`pretrain.py` and `finetune.py` are thin entry points over `run(TrainConfig)`. The model code in
+`nucleus/` knows nothing of this file: mixed precision, activation checkpointing and compile are
+applied here. Multi-GPU is `accelerate launch` (DDP) with no code change.
+
+Log line, one per `log_every` steps:  step | loss | lr | tok/s | MFU | eta
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run as a script from anywhere
+from nucleus import architecture  # noqa: E402
+from nucleus.generation import generate  # noqa: E402
+from nucleus.loading import LoadedModel, load  # noqa: E402
+from nucleus.presets import load_presets  # noqa: E402
+from nucleus.settings import SamplingSettings  # noqa: E402
+from nucleus.tokenizer import load_tokenizer  # noqa: E402
+
+from train import data as D  # noqa: E402
+from train.export import export, push  # noqa: E402
+
+# Dense bf16 peak TFLOP/s (datasheet, no sparsity), matched against the CUDA device name.
+PEAK_TFLOPS = {"3090": 71, "4090": 165, "A100": 312, "H100": 989, "H200": 989}
+
+
+# ---- configuration ----------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    # model: "scratch" builds family member `size`; anything else is a Hub id or folder to start from
+    init: str = "scratch"
+    size: str = "nucleus-1b"
+    # data (see train/data.py)
+    dataset: str = "roneneldan/TinyStories"
+    text_field: str = "text"
+    split: str = "train"
+    dataset_config: str | None = None
+    validation_split: str | None = None   # a split of the dataset to hold out, else a fraction
+    validation_fraction: float = 0.01
+    max_documents: int | None = None
+    streaming: bool = False
+    cache_dir: str = ".cache/nucleus-tokens"
+    # one optimizer step = micro_batch x seq_len tokens x accumulation x processes ~= tokens_per_step
+    seq_len: int = 2048
+    micro_batch: int = 4
+    tokens_per_step: int = 131_072
+    max_steps: int | None = None          # else derived from epochs
+    epochs: float = 1.0
+    # optimisation
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1             # cosine decays to lr x this
+    warmup_steps: int = 100
+    weight_decay: float = 0.1             # on matrices only (not norms)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    optimizer: str = "adamw"              # adamw (fused on CUDA) | adamw8bit (bitsandbytes)
+    precision: str = "auto"               # auto (bf16 autocast on bf16 GPUs, else fp32) | bf16 | fp16 | fp32
+    activation_checkpointing: bool = True
+    compile: bool = False
+    # bookkeeping
+    output_dir: str = "runs/pretrain"
+    log_every: int = 10
+    eval_every: int = 500
+    eval_batches: int = 20
+    save_every: int = 500
+    keep_last: int = 2
+    sample_presets: list[str] = field(default_factory=lambda: ["story", "recipe"])
+    sample_tokens: int = 48
+    seed: int = 1234
+    peak_tflops: float | None = None      # override the table above (MFU)
+    halt_after: int | None = None         # stop after this step as if interrupted (train in sessions)
+    resume: str | None = None             # "auto" (latest checkpoint in output_dir) or a checkpoint folder
+    benchmark: bool = False               # random tokens; no eval, checkpoints or export
+    push_to_hub: str | None = None        # repo id to upload the final export to
+    stage: str = "pretrain"               # recorded in the model card
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides) -> TrainConfig:
+        import yaml
+
+        values = yaml.safe_load(Path(path).read_text()) if path else {}
+        values = {**(values or {}), **{k: v for k, v in overrides.items() if v is not None}}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{path or 'overrides'}: unknown config key {unknown[0]!r}; known keys: {sorted(known)}")
+        return cls(**values)
+
+
+def add_config_flags(parser) -> None:
+    """One --flag per TrainConfig field, typed from its default; unset flags keep the YAML value."""
+    parser.add_argument("--config", help="YAML file in train/configs/")
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, type=lambda s: s.lower() in {"1", "true", "yes", "on"},
+                                default=None, metavar="BOOL")
+        elif isinstance(default, list):
+            parser.add_argument(flag, dest=f.name, nargs="*", default=None)
+        else:
+            kind = {int: int, float: float}.get(type(default), str)
+            if f.name in {"max_steps", "max_documents", "halt_after"}:
+                kind = int
+            elif f.name == "peak_tflops":
+                kind = float
+            parser.add_argument(flag, dest=f.name, type=kind, default=None)
+
+
+def config_from_args(args) -> TrainConfig:
+    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    return TrainConfig.load(args.config, **overrides)
+
+
+# ---- small pieces -------------------------------------------------------------------------------
+class _NullWriter:
+    """TensorBoard stand-in when tensorboard is not installed."""
+
+    def add_scalar(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def _tensorboard(folder: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+        return SummaryWriter(str(folder))
+    except ImportError:
+        return _NullWriter()
+
+
+def peak_flops(cfg: TrainConfig, device: torch.device) -> float | None:
+    if cfg.peak_tflops:
+        return cfg.peak_tflops * 1e12
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, tflops in PEAK_TFLOPS.items():
+            if key in name:
+                return tflops * 1e12
+    return None
+
+
+def flops_per_token(model_cfg, n_params: int, seq_len: int) -> float:
+    """6N for the weights (forward + backward) plus attention scores and values:
+    12 x layers x hidden x seq_len (PaLM, appendix B)."""
+    return 6 * n_params + 12 * model_cfg.num_hidden_layers * model_cfg.hidden_size * seq_len
+
+
+def _fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    h, rem = divmod(int(seconds), 3600)
+    return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
+
+
+def _make_optimizer(cfg: TrainConfig, model, device: torch.device):
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    if cfg.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise SystemExit("optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes") from None
+        return bnb.optim.AdamW8bit(groups, **kw)
+    if cfg.optimizer != "adamw":
+        raise SystemExit(f"unknown optimizer {cfg.optimizer!r}; use adamw or adamw8bit")
+    return torch.optim.AdamW(groups, fused=device.type == "cuda", **kw)
+
+
+def _mixed_precision(cfg: TrainConfig) -> str:
+    if cfg.precision == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[cfg.precision]
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+def _checkpoints(output_dir: Path) -> list[Path]:
+    return sorted((p for p in (output_dir / "checkpoints").glob("step-*") if not p.name.endswith(".tmp")),
+                  key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(output_dir: Path, model, tokenizer, optimizer, scheduler, state: dict, cfg: TrainConfig) -> Path:
+    """Write step-N.tmp, then rename: a crash mid-write never leaves a half checkpoint."""
+    final = output_dir / "checkpoints" / f"step-{state['step']:07d}"
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)                       # safetensors + config.json
+    tokenizer.save_pretrained(tmp)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+               tmp / "trainer_state.pt")            # tensors and numbers only: loads with weights_only
+    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+    (tmp / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in _checkpoints(output_dir)[:-cfg.keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def find_resume(cfg: TrainConfig) -> Path | None:
+    if not cfg.resume:
+        return None
+    if cfg.resume != "auto":
+        path = Path(cfg.resume)
+        if not (path / "trainer_state.json").is_file():
+            raise SystemExit(f"--resume {path}: not a checkpoint folder (trainer_state.json missing)")
+        return path
+    found = _checkpoints(Path(cfg.output_dir))
+    return found[-1] if found else None
+
+
+# ---- the run ----------------------------------------------------------------------------------
+def run(cfg: TrainConfig) -> dict:
+    """Train per `cfg`; returns a summary (final losses, tokens seen, export path...)."""
+    acc = Accelerator(mixed_precision=_mixed_precision(cfg))
+    set_seed(cfg.seed)
+    out = Path(cfg.output_dir)
+    resume_from = find_resume(cfg)
+    say = acc.print
+
+    # -- model and tokenizer: one loader for checkpoints, Hub ids and resume --
+    start_from = resume_from or (None if cfg.init == "scratch" else cfg.init)
+    if start_from:
+        lm = load(start_from, device="cpu", dtype=torch.float32)
+        model, tokenizer = lm.model, lm.tokenizer
+    else:
+        model, tokenizer = architecture.build(cfg.size, seed=cfg.seed), load_tokenizer()
+    if cfg.seq_len > model.config.max_position_embeddings:
+        raise SystemExit(f"seq_len {cfg.seq_len} exceeds the model's context ({model.config.max_position_embeddings})")
+    model.config.use_cache = False
+    if cfg.activation_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    n_params = sum(p.numel() for p in model.parameters())
+
+    # -- data --
+    if cfg.benchmark:
+        train_blocks = D.RandomBlocks(2**20, cfg.seq_len, model.config.vocab_size, cfg.seed)  # ample, cheap to shuffle
+        val_blocks, data_meta = None, {"tokens": 0, "documents": 0, "source": "random tokens"}
+    else:
+        spec = D.DataSpec(cfg.dataset, cfg.text_field, cfg.split, cfg.dataset_config, cfg.validation_split,
+                          cfg.validation_fraction, cfg.max_documents, cfg.streaming)
+        with acc.main_process_first():
+            cache = D.tokenize_to_cache(spec, tokenizer, cfg.cache_dir)
+        data_meta = json.loads((cache / "meta.json").read_text())
+        train_blocks = D.PackedBlocks.from_cache(cache, "train", cfg.seq_len)
+        val_blocks = D.PackedBlocks.from_cache(cache, "val", cfg.seq_len)
+    order = D.BatchOrder(len(train_blocks), cfg.micro_batch, cfg.seed, acc.process_index, acc.num_processes)
+    accum = max(1, round(cfg.tokens_per_step / (cfg.micro_batch * cfg.seq_len * acc.num_processes)))
+    step_tokens = accum * cfg.micro_batch * cfg.seq_len * acc.num_processes
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * order.per_epoch / accum))
+
+    optimizer = _make_optimizer(cfg, model, acc.device)
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, min(cfg.warmup_steps, total_steps), total_steps, min_lr_rate=cfg.min_lr_ratio)
+    model, optimizer = acc.prepare(model, optimizer)
+    fwd = torch.compile(model) if cfg.compile else model
+    raw = acc.unwrap_model(model)
+
+    state = {"step": 0, "micro_step": 0, "tokens_seen": 0, "val_loss": None, "elapsed_s": 0.0}
+    if resume_from:
+        saved = torch.load(resume_from / "trainer_state.pt", weights_only=True, map_location="cpu")
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng_cpu"])
+        if saved["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["rng_cuda"])
+        state.update(json.loads((resume_from / "trainer_state.json").read_text()))
+        say(f"resumed from {resume_from} at step {state['step']}")
+
+    flops_tok = flops_per_token(raw.config, n_params, cfg.seq_len)
+    peak = peak_flops(cfg, acc.device)
+    say(f"{cfg.stage}: {n_params / 1e6:,.1f}M params | {len(train_blocks):,} blocks x {cfg.seq_len} | "
+        f"{step_tokens:,} tokens/step ({cfg.micro_batch} x {cfg.seq_len} x {accum} accum x {acc.num_processes} proc) | "
+        f"{total_steps} steps | precision {acc.mixed_precision} | device {acc.device}")
+
+    is_main = acc.is_main_process
+    writer = _tensorboard(out / "tensorboard") if is_main and not cfg.benchmark else _NullWriter()
+    csv_path = out / "metrics.csv"
+    if is_main and not cfg.benchmark:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
+        if not resume_from:
+            csv_path.write_text("step,loss,lr,tok_per_s,mfu,val_loss,val_ppl,tokens_seen,elapsed_s\n")
+
+    def log_row(**row):
+        if is_main and not cfg.benchmark:
+            with open(csv_path, "a", newline="") as fh:
+                csv.writer(fh).writerow([row.get(k, "") for k in
+                                         ("step", "loss", "lr", "tok_per_s", "mfu", "val_loss", "val_ppl",
+                                          "tokens_seen", "elapsed_s")])
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    bar = tqdm(total=total_steps, initial=state["step"], disable=not is_main, desc=cfg.stage, dynamic_ncols=True)
+    interval_loss, interval_steps, interval_start = 0.0, 0, time.perf_counter()
+    session_start, session_start_step = time.perf_counter(), state["step"]
+    losses: list[float] = []
+    first_step_done = None
+    stop_at = min(total_steps, cfg.halt_after or total_steps)
+    while state["step"] < stop_at:
+        # -- one optimizer step: `accum` micro-batches, gradients synced only on the last --
+        step_loss = torch.zeros((), device=acc.device)
+        for micro in range(accum):
+            batch = train_blocks.batch(order.indices(state["micro_step"])).to(acc.device)   # (B, T)
+            state["micro_step"] += 1
+            sync = nullcontext() if micro == accum - 1 else acc.no_sync(model)
+            with sync:
+                loss = fwd(input_ids=batch, labels=batch).loss
+                acc.backward(loss / accum)
+            step_loss += loss.detach() / accum
+        if cfg.grad_clip:
+            acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] += 1
+        state["tokens_seen"] += step_tokens
+        step_loss = acc.reduce(step_loss, reduction="mean").item()   # .item() syncs: timings below are real
+        losses.append(step_loss)
+        if state["step"] == session_start_step + 1:
+            first_step_done = time.perf_counter()                   # steady-state timing starts here
+        interval_loss += step_loss
+        interval_steps += 1
+        bar.update(1)
+
+        if state["step"] % cfg.log_every == 0 or state["step"] == stop_at:
+            if acc.device.type == "cuda":
+                torch.cuda.synchronize()
+            now = time.perf_counter()
+            tok_s = interval_steps * step_tokens / (now - interval_start)
+            mfu = flops_tok * tok_s / (peak * acc.num_processes) if peak else None
+            rate = (state["step"] - session_start_step) / (now - session_start)
+            eta = (total_steps - state["step"]) / rate if rate > 0 else float("inf")
+            mean = interval_loss / interval_steps
+            bar.write(f"step {state['step']:>6}/{total_steps} | loss {mean:.4f} | lr {lr:.2e} | "
+                      f"tok/s {tok_s:,.0f} | MFU {'-' if mfu is None else f'{mfu:.1%}'} | eta {_fmt_time(eta)}") \
+                if is_main else None
+            log_row(step=state["step"], loss=f"{mean:.6f}", lr=f"{lr:.6e}", tok_per_s=f"{tok_s:.1f}",
+                    mfu="" if mfu is None else f"{mfu:.4f}", tokens_seen=state["tokens_seen"],
+                    elapsed_s=f"{state['elapsed_s'] + now - session_start:.1f}")
+            writer.add_scalar("train/loss", mean, state["step"])
+            writer.add_scalar("train/lr", lr, state["step"])
+            writer.add_scalar("train/tok_per_s", tok_s, state["step"])
+            interval_loss, interval_steps, interval_start = 0.0, 0, time.perf_counter()
+
+        last = state["step"] == total_steps
+        if val_blocks is not None and (state["step"] % cfg.eval_every == 0 or last):
+            state["val_loss"] = evaluate(fwd, val_blocks, cfg, acc)
+            if state["val_loss"] is not None:
+                ppl = math.exp(min(state["val_loss"], 50))
+                bar.write(f"eval step {state['step']} | held-out loss {state['val_loss']:.4f} | ppl {ppl:.2f}") \
+                    if is_main else None
+                log_row(step=state["step"], val_loss=f"{state['val_loss']:.6f}", val_ppl=f"{ppl:.4f}",
+                        tokens_seen=state["tokens_seen"])
+                writer.add_scalar("eval/loss", state["val_loss"], state["step"])
+            if is_main:
+                write_samples(raw, tokenizer, cfg, state["step"], out, bar.write)
+                plot_losses(csv_path, out / "loss_curve.png")
+        if not cfg.benchmark and is_main and (state["step"] % cfg.save_every == 0 or last
+                                              or state["step"] == stop_at):
+            state_now = {**state, "elapsed_s": state["elapsed_s"] + time.perf_counter() - session_start}
+            save_checkpoint(out, raw, tokenizer, optimizer, scheduler, state_now, cfg)
+        acc.wait_for_everyone()
+    bar.close()
+    state["elapsed_s"] += time.perf_counter() - session_start
+
+    summary = {"steps": state["step"], "total_steps": total_steps, "tokens_seen": state["tokens_seen"],
+               "losses": losses, "val_loss": state["val_loss"], "n_params": n_params,
+               "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+               "seconds": state["elapsed_s"], "device": str(acc.device), "data": data_meta,
+               "tokens_per_second": (state["step"] - session_start_step) * step_tokens
+               / max(time.perf_counter() - session_start, 1e-9)}
+    # throughput after the first step (which pays for compilation, allocator warm-up, ...)
+    steady_steps = state["step"] - session_start_step - 1
+    if first_step_done and steady_steps > 0:
+        summary["steady_tokens_per_second"] = steady_steps * step_tokens / (time.perf_counter() - first_step_done)
+        summary["mfu"] = (flops_tok * summary["steady_tokens_per_second"] / (peak * acc.num_processes)
+                          if peak else None)
+    summary["step_tokens"], summary["precision"] = step_tokens, acc.mixed_precision
+    if state["step"] >= total_steps and not cfg.benchmark and is_main:
+        summary["export"] = str(export(raw, tokenizer, out / "final", cfg, summary))
+        if cfg.push_to_hub:
+            push(out / "final", cfg.push_to_hub)
+    acc.wait_for_everyone()
+    writer.close()
+    return summary
+
+
+@torch.no_grad()
+def evaluate(model, blocks, cfg: TrainConfig, acc: Accelerator) -> float | None:
+    """Mean loss over the first `eval_batches` micro-batches of the held-out blocks."""
+    n = min(len(blocks), cfg.eval_batches * cfg.micro_batch)
+    if n == 0:
+        return None
+    model.eval()
+    total, count = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
+    for start in range(acc.process_index * cfg.micro_batch, n, cfg.micro_batch * acc.num_processes):
+        batch = blocks.batch(range(start, min(start + cfg.micro_batch, n))).to(acc.device)
+        total += model(input_ids=batch, labels=batch).loss.float() * len(batch)
+        count += len(batch)
+    model.train()
+    total, count = acc.reduce(total, "sum"), acc.reduce(count, "sum")
+    return (total / count).item()
+
+
+def write_samples(model, tokenizer, cfg: TrainConfig, step: int, out: Path, echo) -> None:
+    """A few generations from the presets, appended to samples.log (fixed seed: comparable over time)."""
+    presets = load_presets()
+    lm = LoadedModel(model, tokenizer, "training", out, next(model.parameters()).device,
+                     next(model.parameters()).dtype, 0)
+    was_training, use_cache = model.training, model.config.use_cache
+    model.eval()
+    model.config.use_cache = True
+    lines = [f"=== step {step}"]
+    try:
+        for name in cfg.sample_presets:
+            if name not in presets:
+                continue
+            p = presets[name]
+            settings = p.settings.replace(seed=cfg.seed, stop=[],
+                                          max_new_tokens=min(cfg.sample_tokens, cfg.seq_len // 2))
+            text = generate(lm, p.prompt, settings).text
+            lines.append(f"--- {name}: {p.prompt + text!r}")
+    finally:
+        model.config.use_cache = use_cache
+        model.train(was_training)
+    with open(out / "samples.log", "a", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+    for line in lines[1:]:
+        echo(line[:200])
+
+
+def plot_losses(csv_path: Path, png: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(open(csv_path)))
+    train = [(int(r["step"]), float(r["loss"])) for r in rows if r["loss"]]
+    val = [(int(r["step"]), float(r["val_loss"])) for r in rows if r["val_loss"]]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if val:
+        ax.plot(*zip(*val), "o-", label="held-out loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+# ---- shared entry point of pretrain.py and finetune.py -----------------------------------------
+def main(argv, description: str, default_config: Path, stage: str) -> dict:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    add_config_flags(parser)
+    parser.set_defaults(config=str(default_config))
+    cfg = config_from_args(parser.parse_args(argv))
+    cfg.stage = stage
+    if stage == "finetune" and cfg.init == "scratch":
+        raise SystemExit("fine-tuning needs a starting model: set init (the stage-1 output folder or a Hub id)")
+    return run(cfg)

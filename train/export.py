@@ -1,0 +1,135 @@
+"""Export a trained model in Hugging Face format, with a model card, ready for nucleus.load.
+
+    python train/export.py --checkpoint runs/pretrain/checkpoints/step-0001000 --out exports/my-nucleus
+    python train/export.py --checkpoint ... --out ... --push-to-hub your-name/my-nucleus
+
+The folder holds model.safetensors, config.json, generation_config.json (the recommended
+sampling defaults), the tokenizer files and README.md (data, steps, tokens seen, held-out loss).
+The training engine calls `export()` itself at the end of every run (OUTPUT_DIR/final).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import platform
+import sys
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from nucleus.settings import SamplingSettings  # noqa: E402
+
+# The Nucleus card's recommendation: sample, with a repetition penalty of about 1.5.
+RECOMMENDED = SamplingSettings(temperature=0.7, top_p=0.9, repetition_penalty=1.5, max_new_tokens=200)
+
+
+def _hardware() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}"
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def model_card(cfg, summary: dict) -> str:
+    c = cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg)
+    val = summary.get("val_loss")
+    ppl = f"{math.exp(val):.2f}" if val is not None else "not measured"
+    data = summary.get("data", {})
+    hub_data = [] if Path(c["dataset"]).exists() else [c["dataset"]]
+    front = ["---", "license: mit", "library_name: transformers", "pipeline_tag: text-generation",
+             "tags: [nucleus, mistral]"] + ([f"datasets: [{', '.join(hub_data)}]"] if hub_data else []) + ["---"]
+    return "\n".join(front) + f"""
+
+# {Path(c['output_dir']).name}
+
+A Nucleus-family causal language model (Mistral architecture, Mistral's 32k tokenizer) trained
+with the Nucleus training kit, stage **{c['stage']}**. It continues text; it is not a chat model.
+
+| | |
+| --- | --- |
+| parameters | {summary.get('n_params', 0):,} |
+| started from | {c['init'] if c['init'] != 'scratch' else f"random init ({c['size']})"} |
+| data | `{c['dataset']}` (field `{c['text_field']}`): {data.get('documents', '?'):,} documents, {data.get('tokens', '?'):,} tokens |
+| sequence length | {c['seq_len']} |
+| optimizer steps | {summary.get('steps')} |
+| tokens seen | {summary.get('tokens_seen', 0):,} |
+| held-out loss | {f"{val:.4f}" if val is not None else "not measured"} (perplexity {ppl}) |
+| hardware | {_hardware()} |
+| training time | {_duration(summary.get('seconds') or 0)} |
+
+Recommended sampling (in `generation_config.json`): temperature {RECOMMENDED.temperature},
+top-p {RECOMMENDED.top_p}, repetition penalty {RECOMMENDED.repetition_penalty}.
+
+```bash
+python app.py --model PATH_TO_THIS_FOLDER          # the Nucleus Space
+python -m nucleus generate --model PATH_TO_THIS_FOLDER --preset recipe
+```
+"""
+
+
+def export(model, tokenizer, out: str | Path, cfg, summary: dict) -> Path:
+    """Write the HF-format folder atomically (out.tmp, then rename)."""
+    import os
+    import shutil
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.config.use_cache = True                   # inference default, whatever training used
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    RECOMMENDED.to_generation_config(tokenizer.eos_token_id).save_pretrained(tmp)
+    (tmp / "README.md").write_text(model_card(cfg, summary), encoding="utf-8")
+    (tmp / "training_summary.json").write_text(json.dumps(
+        {k: v for k, v in summary.items() if k != "losses"}, indent=1, default=str))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def push(folder: str | Path, repo_id: str) -> None:
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(repo_id, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, allow_patterns=[
+        "*.safetensors", "*.json", "README.md", "tokenizer.model"])
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Export a training checkpoint in Hugging Face format.")
+    p.add_argument("--checkpoint", required=True, help="a checkpoints/step-N folder (or any model folder)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> Path:
+    from nucleus.loading import load
+
+    args = parse_args(argv)
+    ckpt = Path(args.checkpoint)
+    lm = load(ckpt, device="cpu", dtype=torch.float32)
+    cfg = json.loads((ckpt / "train_config.json").read_text()) if (ckpt / "train_config.json").is_file() else {
+        "output_dir": args.out, "stage": "unknown", "init": str(ckpt), "size": "?", "dataset": "unknown",
+        "text_field": "text", "seq_len": lm.context_length}
+    state = json.loads((ckpt / "trainer_state.json").read_text()) if (ckpt / "trainer_state.json").is_file() else {}
+    cfg["output_dir"] = args.out
+    summary = {"n_params": lm.n_params, "steps": state.get("step"), "tokens_seen": state.get("tokens_seen", 0),
+               "val_loss": state.get("val_loss"), "seconds": state.get("elapsed_s", 0)}
+    out = export(lm.model, lm.tokenizer, args.out, cfg, summary)
+    if args.push_to_hub:
+        push(out, args.push_to_hub)
+    print(f"exported to {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
