@@ -31,10 +31,11 @@ FAMILY: dict[str, dict] = {
     "nucleus-1b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=4,
                        num_attention_heads=32, num_key_value_heads=8,
                        max_position_embeddings=32768, sliding_window=4096),
-    # Nucleus-Nano, the bundled offline default (~19.8M parameters, ~80% of them embeddings).
+    # Nucleus-Nano, the bundled offline default (~19.8M parameters, ~80% of them embeddings),
+    # trained at sequence length 512 on CPU, so its context is 512.
     "nano": dict(hidden_size=256, intermediate_size=896, num_hidden_layers=4,
                  num_attention_heads=8, num_key_value_heads=2,
-                 max_position_embeddings=1024, sliding_window=1024),
+                 max_position_embeddings=512, sliding_window=512),
     # For tests: builds in milliseconds, ~4.2M parameters (nearly all embeddings).
     "tiny": dict(hidden_size=64, intermediate_size=224, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=1,
