@@ -238,6 +238,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT or 7860)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
+    p.add_argument("--quantize", default=os.environ.get("NUCLEUS_QUANTIZE", "auto"), choices=["auto", "int8", "none"],
+                   help="int8 weights for fast CPU decoding (default: NUCLEUS_QUANTIZE or auto = on CPU for "
+                        "models of >= 500M parameters); none switches it off")
     return p.parse_args(argv)
 
 
@@ -245,7 +248,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     try:
         source, why = nucleus.resolve_model(args.model)
-        catalog = nucleus.ModelCatalog(source, args.device, args.dtype)
+        catalog = nucleus.ModelCatalog(source, args.device, args.dtype, quantize=args.quantize)
         catalog.get(catalog.labels[0])   # load now: fail at start-up, not on the first visitor
     except nucleus.ModelLoadError as e:
         sys.exit(f"error: {e}")

@@ -37,6 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         sp.add_argument("--model", help="Hub id or local folder (default: NUCLEUS_MODEL, Hub, bundled nano)")
         sp.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
         sp.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default: auto)")
+        sp.add_argument("--quantize", default="auto", choices=["auto", "int8", "none"],
+                        help="int8 weights for fast CPU decoding; auto = on CPU for models of >= 500M parameters")
 
     g = sub.add_parser("generate", help="stream a completion to stdout")
     model_flags(g)
@@ -86,13 +88,14 @@ def main(argv=None) -> int:
                 preset.prompt if preset else None)
             if prompt is None:
                 raise SettingsError("prompt", "give --prompt TEXT or --preset NAME")
-        lm = load(source, args.device, args.dtype)
+        lm = load(source, args.device, args.dtype, args.quantize)
     except (ModelLoadError, SettingsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.command == "info":
         print(f"model:  {lm.source} (chosen by {why})\nsize:   {lm.n_params:,} parameters\n"
-              f"device: {lm.device}\ndtype:  {str(lm.dtype).removeprefix('torch.')}\ncontext: {lm.context_length}")
+              f"device: {lm.device}\ndtype:  {str(lm.dtype).removeprefix('torch.')}\nweights: {lm.quantization}\n"
+              f"context: {lm.context_length}")
         return 0
 
     sys.stdout.write(prompt)

@@ -21,6 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from .architecture import count_params
+from .quantize import quantize_int8, resolve_mode
 from .tokenizer import load_tokenizer
 
 DEFAULT_HUB_MODEL = "NucleusOrg/Nucleus-1B-alpha-1"
@@ -46,6 +47,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     n_params: int
+    quantization: str = "none"   # "int8": Linear weights stored as int8 (nucleus/quantize.py)
 
     @property
     def name(self) -> str:
@@ -56,7 +58,9 @@ class LoadedModel:
         return int(self.model.config.max_position_embeddings)
 
     def describe(self) -> str:
-        return (f"{self.name}: {self.n_params / 1e6:,.1f}M parameters, {str(self.dtype).removeprefix('torch.')} "
+        weights = "int8 weights, bfloat16 activations" if self.quantization == "int8" else \
+            str(self.dtype).removeprefix("torch.")
+        return (f"{self.name}: {self.n_params / 1e6:,.1f}M parameters, {weights} "
                 f"on {self.device.type}, context {self.context_length} tokens")
 
 
@@ -184,8 +188,10 @@ def check_folder(path: Path) -> None:
             raise ModelLoadError(f"{path} is a partial checkpoint: shard {missing[0]} is missing.")
 
 
-def load(source: str | os.PathLike, device: str = "auto", dtype: str | torch.dtype = "auto") -> LoadedModel:
-    """Load a causal LM and its tokenizer from a Hub id or a local folder, ready for generation."""
+def load(source: str | os.PathLike, device: str = "auto", dtype: str | torch.dtype = "auto",
+         quantize: str = "auto") -> LoadedModel:
+    """Load a causal LM and its tokenizer from a Hub id or a local folder, ready for generation.
+    quantize: "auto" (int8 weights on CPU for models of >= 500M parameters), "int8" or "none"."""
     source = str(source)
     path = _download(source) if _is_hub_id(source) else Path(source).expanduser()
     check_folder(path)
@@ -194,17 +200,23 @@ def load(source: str | os.PathLike, device: str = "auto", dtype: str | torch.dty
     except (ValueError, OSError) as e:
         raise ModelLoadError(f"{path}/config.json is not a usable model config: {str(e).splitlines()[0]}") from None
     dev = pick_device(device)
-    dt = pick_dtype(dtype, dev, count_params(cfg) if cfg.model_type == "mistral" else 0)
+    n_cfg = count_params(cfg) if cfg.model_type == "mistral" else 0
+    try:
+        mode = resolve_mode(quantize, dev, n_cfg)
+    except ValueError as e:
+        raise ModelLoadError(str(e)) from None
+    dt = torch.bfloat16 if mode == "int8" else pick_dtype(dtype, dev, n_cfg)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, use_safetensors=True,
                                                      trust_remote_code=False)
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"Could not read the weights in {path} (corrupt or truncated file?): {reason}") from None
-    model.to(dev).eval()
-    tokenizer = load_tokenizer(path)
     n = sum(p.numel() for p in model.parameters())
-    return LoadedModel(model, tokenizer, source, path, dev, dt, n)
+    if mode == "int8":
+        quantize_int8(model)
+    model.to(dev).eval()
+    return LoadedModel(model, load_tokenizer(path), source, path, dev, dt, n, mode)
 
 
 # ---- the models a visitor may switch between -------------------------------------------------
@@ -212,8 +224,9 @@ class ModelCatalog:
     """A fixed list of models (never paths typed by a visitor) and the one currently loaded.
     Only one model stays in memory: a free CPU Space has 16 GB."""
 
-    def __init__(self, initial: str, device: str = "auto", dtype: str = "auto", probe_hub: bool = True):
-        self.device, self.dtype = device, dtype
+    def __init__(self, initial: str, device: str = "auto", dtype: str = "auto", probe_hub: bool = True,
+                 quantize: str = "auto"):
+        self.device, self.dtype, self.quantize = device, dtype, quantize
         self.choices: dict[str, str] = {}   # label shown in the UI -> source
         self._add(initial)
         if (BUNDLED_MODEL / "config.json").is_file():
@@ -245,6 +258,6 @@ class ModelCatalog:
             if self._loaded and self._loaded[0] == label:
                 return self._loaded[1]
             self._loaded = None   # drop the old model before loading the next one
-            loaded = load(self.choices[label], self.device, self.dtype)
+            loaded = load(self.choices[label], self.device, self.dtype, self.quantize)
             self._loaded = (label, loaded)
             return loaded

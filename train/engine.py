@@ -245,7 +245,7 @@ def run(cfg: TrainConfig) -> dict:
     # -- model and tokenizer: one loader for checkpoints, Hub ids and resume --
     start_from = resume_from or (None if cfg.init == "scratch" else cfg.init)
     if start_from:
-        lm = load(start_from, device="cpu", dtype=torch.float32)
+        lm = load(start_from, device="cpu", dtype=torch.float32, quantize="none")
         model, tokenizer = lm.model, lm.tokenizer
     else:
         model, tokenizer = architecture.build(cfg.size, seed=cfg.seed), load_tokenizer()

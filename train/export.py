@@ -89,6 +89,8 @@ def export(model, tokenizer, out: str | Path, cfg, summary: dict) -> Path:
     (tmp / "README.md").write_text(model_card(cfg, summary), encoding="utf-8")
     (tmp / "training_summary.json").write_text(json.dumps(
         {k: v for k, v in summary.items() if k != "losses"}, indent=1, default=str))
+    (tmp / "train_config.json").write_text(json.dumps(cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg),
+                                                      indent=1))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out
@@ -108,6 +110,8 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", required=True, help="a checkpoints/step-N folder (or any model folder)")
     p.add_argument("--out", required=True)
     p.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="weights on disk; bfloat16 halves the size (the bundled nano is stored so)")
     return p.parse_args(argv)
 
 
@@ -116,7 +120,7 @@ def main(argv=None) -> Path:
 
     args = parse_args(argv)
     ckpt = Path(args.checkpoint)
-    lm = load(ckpt, device="cpu", dtype=torch.float32)
+    lm = load(ckpt, device="cpu", dtype=getattr(torch, args.dtype), quantize="none")
     cfg = json.loads((ckpt / "train_config.json").read_text()) if (ckpt / "train_config.json").is_file() else {
         "output_dir": args.out, "stage": "unknown", "init": str(ckpt), "size": "?", "dataset": "unknown",
         "text_field": "text", "seq_len": lm.context_length}
@@ -124,6 +128,8 @@ def main(argv=None) -> Path:
     cfg["output_dir"] = args.out
     summary = {"n_params": lm.n_params, "steps": state.get("step"), "tokens_seen": state.get("tokens_seen", 0),
                "val_loss": state.get("val_loss"), "seconds": state.get("elapsed_s", 0)}
+    if (ckpt / "training_summary.json").is_file():            # an engine export: its summary is complete
+        summary = {**summary, **json.loads((ckpt / "training_summary.json").read_text())}
     out = export(lm.model, lm.tokenizer, args.out, cfg, summary)
     if args.push_to_hub:
         push(out, args.push_to_hub)
