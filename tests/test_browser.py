@@ -4,6 +4,7 @@ Loads the page, picks a preset, presses Generate, sees text stream in, presses S
 a screenshot in tests/artifacts/. `.ci/run` installs chromium; without it this test fails,
 it is never skipped."""
 import os
+import re
 import shutil
 import time
 
@@ -65,6 +66,12 @@ def test_pick_preset_generate_stream_and_stop(page):
     status = page.locator("#status").inner_text()
     assert "Seed" in status and "tokens/s" in status
     page.screenshot(path=str(ARTIFACTS / "space.png"), full_page=True)
+
+    # one click puts the run's seed into the settings (the Advanced panel holds the field)
+    seed = re.search(r"Seed (\d+)", status)[1]
+    page.click("#reuse-seed")
+    page.get_by_text("Advanced").click()
+    expect(page.locator("#seed input")).to_have_value(seed, timeout=10_000)
 
     # the worker is free again: the next Generate runs
     box.fill("20")

@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nucleus.settings import SamplingSettings  # noqa: E402
