@@ -52,6 +52,15 @@ def prompt_ids(tok, n: int) -> torch.Tensor:
     return torch.tensor([[tok.bos_token_id] + ids])
 
 
+def peak_rss() -> float:
+    """Peak resident bytes of this process (VmHWM: unlike ru_maxrss, it is not inherited
+    from the parent that started the child)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def measure(path: str, folder: str, new_tokens: int, ctx_tokens: int) -> dict:
     """Runs in the child process."""
     import nucleus
@@ -89,8 +98,26 @@ def measure(path: str, folder: str, new_tokens: int, ctx_tokens: int) -> dict:
     ttft = time.perf_counter() - t
     return {"path": path, "weights": weights, "new_tokens": n, "tok_per_s": round(n / decode_s, 2),
             "ttft_s": round(ttft, 2), "load_s": round(load_s, 1),
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+            "peak_rss_gb": round(peak_rss() / 1e9, 2),
             "threads": torch.get_num_threads()}
+
+
+def agreement(folder: str, prompts: int = 8, length: int = 64) -> dict:
+    """Quality gate: top-1 next-token agreement of the int8 model with the unquantised bf16 model
+    (what plain HF serves on CPU) on a fixed prompt set: 8 windows of this README."""
+    import nucleus
+    from transformers import MistralForCausalLM
+
+    ref = MistralForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
+    quant = nucleus.load(folder, device="cpu", quantize="int8").model
+    from nucleus.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(folder)
+    ids = prompt_ids(tok, prompts * length + 1)[:, 1:].reshape(prompts, length)
+    with torch.inference_mode():
+        a, b = ref(ids).logits.argmax(-1), quant(ids).logits.argmax(-1)
+    return {"path": "quality", "top1_agreement_int8_vs_bf16": round((a == b).float().mean().item(), 4),
+            "positions": a.numel()}
 
 
 def main(argv=None) -> list[dict]:
@@ -104,7 +131,9 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--child", nargs=2, metavar=("PATH", "FOLDER"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(measure(args.child[0], args.child[1], args.new_tokens, args.prompt_tokens)))
+        result = (agreement(args.child[1]) if args.child[0] == "quality" else
+                  measure(args.child[0], args.child[1], args.new_tokens, args.prompt_tokens))
+        print(json.dumps(result))
         return []
 
     from nucleus.loading import BUNDLED_MODEL
@@ -114,7 +143,7 @@ def main(argv=None) -> list[dict]:
     for name in args.models.split(","):
         folder = make_random_1b(work / "nucleus-1b-random") if name == "1b" else BUNDLED_MODEL
         rows = {}
-        for path in ("baseline", "nucleus"):
+        for path in ("baseline", "nucleus", "quality"):
             out = subprocess.run([sys.executable, __file__, "--child", path, str(folder), "--new-tokens",
                                   str(args.new_tokens), "--prompt-tokens", str(args.prompt_tokens)],
                                  capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -124,6 +153,7 @@ def main(argv=None) -> list[dict]:
             print(json.dumps({"model": name, **rows[path]}), flush=True)
         b, o = rows["baseline"], rows["nucleus"]
         summary = {"model": name, "decode_speedup": round(o["tok_per_s"] / b["tok_per_s"], 2),
+                   "top1_agreement_int8_vs_bf16": rows["quality"]["top1_agreement_int8_vs_bf16"],
                    "ttft_ratio": round(b["ttft_s"] / o["ttft_s"], 2),
                    "peak_rss_ratio": round(o["peak_rss_gb"] / b["peak_rss_gb"], 2)}
         print(json.dumps(summary), flush=True)

@@ -190,3 +190,17 @@ def test_pretrain_script_takes_yaml_and_flag_overrides(tmp_path):
     assert summary["steps"] == 3 and (tmp_path / "o" / "final" / "model.safetensors").is_file()
     saved = json.loads((tmp_path / "o" / "train_config.json").read_text())
     assert saved["max_steps"] == 3 and saved["activation_checkpointing"] is False and saved["stage"] == "pretrain"
+
+
+def test_train_speed_benchmark_cpu_smoke():
+    """bench/train_speed.py's CPU path: both rows run on the same tokens and their curves agree."""
+    import importlib.util
+
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location("train_speed", ROOT / "bench" / "train_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--steps", "3"])
+    assert out["a_plain_hf"]["tokens_per_second"] > 0 and out["b_nucleus"]["tokens_per_second"] > 0
+    assert len(out["loss_curves"]["a"]) == len(out["loss_curves"]["b"]) == 3
+    assert out["loss_curve_max_rel_diff"] < 0.01          # same numerics class, same tokens
