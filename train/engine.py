@@ -268,9 +268,9 @@ def run(cfg: TrainConfig) -> dict:
             rate = (state["step"] - session_start_step) / (now - session_start)
             eta = (total_steps - state["step"]) / rate if rate > 0 else float("inf")
             mean = interval_loss / interval_steps
-            bar.write(f"step {state['step']:>6}/{total_steps} | loss {mean:.4f} | lr {lr:.2e} | "
-                      f"tok/s {tok_s:,.0f} | MFU {'-' if mfu is None else f'{mfu:.1%}'} | eta {_fmt_time(eta)}") \
-                if is_main else None
+            if is_main:
+                bar.write(f"step {state['step']:>6}/{total_steps} | loss {mean:.4f} | lr {lr:.2e} | "
+                          f"tok/s {tok_s:,.0f} | MFU {'-' if mfu is None else f'{mfu:.1%}'} | eta {_fmt_time(eta)}")
             log_row(step=state["step"], loss=f"{mean:.6f}", lr=f"{lr:.6e}", tok_per_s=f"{tok_s:.1f}",
                     mfu="" if mfu is None else f"{mfu:.4f}", tokens_seen=state["tokens_seen"],
                     elapsed_s=f"{state['elapsed_s'] + now - session_start:.1f}")
@@ -284,8 +284,8 @@ def run(cfg: TrainConfig) -> dict:
             state["val_loss"] = evaluate(fwd, val_blocks, cfg, acc)
             if state["val_loss"] is not None:
                 ppl = math.exp(min(state["val_loss"], 50))
-                bar.write(f"eval step {state['step']} | held-out loss {state['val_loss']:.4f} | ppl {ppl:.2f}") \
-                    if is_main else None
+                if is_main:
+                    bar.write(f"eval step {state['step']} | held-out loss {state['val_loss']:.4f} | ppl {ppl:.2f}")
                 log_row(step=state["step"], val_loss=f"{state['val_loss']:.6f}", val_ppl=f"{ppl:.4f}",
                         tokens_seen=state["tokens_seen"])
                 writer.add_scalar("eval/loss", state["val_loss"], state["step"])
