@@ -9,6 +9,7 @@ set. Every failure a user can cause becomes one `ModelLoadError` sentence, not a
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import socket
@@ -180,8 +181,6 @@ def check_folder(path: Path) -> None:
         raise ModelLoadError(f"{path} holds no weights: no *.safetensors file (partial or interrupted download?).")
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        import json
-
         shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
         missing = sorted(s for s in shards if not (path / s).is_file())
         if missing:

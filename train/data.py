@@ -16,6 +16,7 @@ import codecs
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -192,7 +193,6 @@ def tokenize_to_cache(spec: DataSpec, tokenizer, cache_dir: str | Path) -> Path:
             "bos": bos, "eos": eos}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     if folder.exists():                      # a concurrent run finished first; keep theirs
-        import shutil
         shutil.rmtree(tmp)
     else:
         os.replace(tmp, folder)

@@ -12,7 +12,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -33,8 +32,8 @@ from nucleus.presets import load_presets  # noqa: E402
 from nucleus.tokenizer import load_tokenizer  # noqa: E402
 
 from train import data as D  # noqa: E402
-from train.config import TrainConfig, add_config_flags, config_from_args  # noqa: E402,F401
-from train.export import export, push  # noqa: E402
+from train.config import TrainConfig, add_config_flags, config_from_args  # noqa: E402
+from train.export import atomic_folder, export, push  # noqa: E402
 
 # Dense bf16 peak TFLOP/s (datasheet, no sparsity), matched against the CUDA device name.
 PEAK_TFLOPS = {"3090": 71, "4090": 165, "A100": 312, "H100": 989, "H200": 989}
@@ -112,20 +111,17 @@ def _checkpoints(output_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(output_dir: Path, model, tokenizer, optimizer, scheduler, state: dict, cfg: TrainConfig) -> Path:
-    """Write step-N.tmp, then rename: a crash mid-write never leaves a half checkpoint."""
+    """Write checkpoints/step-N atomically, then keep only the last `keep_last`."""
     final = output_dir / "checkpoints" / f"step-{state['step']:07d}"
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)                       # safetensors + config.json
-    tokenizer.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-               tmp / "trainer_state.pt")            # tensors and numbers only: loads with weights_only
-    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-    (tmp / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with atomic_folder(final) as tmp:
+        model.save_pretrained(tmp)                       # safetensors + config.json
+        tokenizer.save_pretrained(tmp)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng_cpu": torch.get_rng_state(),
+                    "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                   tmp / "trainer_state.pt")            # tensors and numbers only: loads with weights_only
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+        (tmp / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=1))
     for old in _checkpoints(output_dir)[:-cfg.keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -13,8 +13,11 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import platform
+import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -73,26 +76,32 @@ python -m nucleus generate --model PATH_TO_THIS_FOLDER --preset recipe
 """
 
 
-def export(model, tokenizer, out: str | Path, cfg, summary: dict) -> Path:
-    """Write the HF-format folder atomically (out.tmp, then rename)."""
-    import os
-    import shutil
-
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
+@contextmanager
+def atomic_folder(final: str | Path):
+    """Yield `final`.tmp to write into; on success it replaces `final` in one rename, so a crash
+    mid-write never leaves a half-written export or checkpoint. Used by export and checkpoints."""
+    final = Path(final)
+    tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.config.use_cache = True                   # inference default, whatever training used
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    RECOMMENDED.to_generation_config(tokenizer.eos_token_id).save_pretrained(tmp)
-    (tmp / "README.md").write_text(model_card(cfg, summary), encoding="utf-8")
-    (tmp / "training_summary.json").write_text(json.dumps(
-        {k: v for k, v in summary.items() if k != "losses"}, indent=1, default=str))
-    (tmp / "train_config.json").write_text(json.dumps(cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg),
-                                                      indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
+    tmp.mkdir(parents=True)
+    yield tmp
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def export(model, tokenizer, out: str | Path, cfg, summary: dict) -> Path:
+    """Write the HF-format folder atomically."""
+    with atomic_folder(out) as tmp:
+        model.config.use_cache = True                   # inference default, whatever training used
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        RECOMMENDED.to_generation_config(tokenizer.eos_token_id).save_pretrained(tmp)
+        (tmp / "README.md").write_text(model_card(cfg, summary), encoding="utf-8")
+        (tmp / "training_summary.json").write_text(json.dumps(
+            {k: v for k, v in summary.items() if k != "losses"}, indent=1, default=str))
+        (tmp / "train_config.json").write_text(json.dumps(
+            cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg), indent=1))
+    return Path(out)
 
 
 def push(folder: str | Path, repo_id: str) -> None:
