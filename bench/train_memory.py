@@ -12,17 +12,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from train.engine import TrainConfig, run  # noqa: E402
+from nucleus import architecture
+from train import data as D
+from train.engine import Data, TrainConfig, run
+from train.records import NoRecords
 
 CPU_SCALE = dict(size="nano", seq_len=256, micro_batch=2, tokens_per_step=1024, precision="fp32")
 GIB = 2**30
+
+
+def random_data(cfg: TrainConfig) -> Data:
+    """Random tokens in the shape of the real data: no dataset, no tokenising."""
+    vocab = architecture.config(cfg.size).vocab_size
+    return Data(D.RandomBlocks(2**20, cfg.seq_len, vocab, cfg.seed), None, {"source": "random tokens"})
 
 
 def parse_args(argv=None):
@@ -39,8 +45,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    overrides = {"max_steps": args.steps, "warmup_steps": 1, "benchmark": True, "log_every": max(1, args.steps // 5),
-                 "output_dir": tempfile.mkdtemp(prefix="nucleus-bench-")}
+    overrides = {"max_steps": args.steps, "warmup_steps": 1, "log_every": max(1, args.steps // 5)}
     scaled = not torch.cuda.is_available()
     if scaled:
         overrides.update(CPU_SCALE)
@@ -52,7 +57,7 @@ def main(argv=None) -> dict:
     cfg = TrainConfig.load(args.config, **overrides)
     if args.accumulation:
         cfg.tokens_per_step = args.accumulation * cfg.micro_batch * cfg.seq_len
-    s = run(cfg)
+    s = run(cfg, random_data(cfg), NoRecords())          # no eval, checkpoints, logs or export
     result = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "scaled_down_for_cpu": scaled, "size": cfg.size, "params": s["n_params"], "seq_len": cfg.seq_len,

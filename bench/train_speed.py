@@ -18,18 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from nucleus import architecture
+from train import data as D
+from train.engine import Data, TrainConfig, enable_activation_checkpointing, flops_per_token, peak_flops, run
+from train.records import NoRecords
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from nucleus import architecture  # noqa: E402
-from train import data as D  # noqa: E402
-from train.engine import TrainConfig, flops_per_token, peak_flops, run  # noqa: E402
 
 CPU_SMOKE = dict(size="nano", seq_len=128, micro_batch=2, tokens_per_step=512, precision="fp32")
 
@@ -63,7 +62,7 @@ def baseline(cfg: TrainConfig, steps: int, device: torch.device) -> dict:
     model = architecture.build(cfg.size, seed=cfg.seed).to(device)          # fp32 master weights
     model.config.use_cache = False
     if cfg.activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_activation_checkpointing(model)        # whichever name this transformers has
     model.train()
     decay = [p for p in model.parameters() if p.ndim >= 2]
     rest = [p for p in model.parameters() if p.ndim < 2]
@@ -108,8 +107,7 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=50)
     args = p.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    overrides = {"max_steps": args.steps, "benchmark": True, "log_every": max(1, args.steps // 5),
-                 "output_dir": tempfile.mkdtemp(prefix="nucleus-speed-"), "warmup_steps": max(1, args.steps // 10)}
+    overrides = {"max_steps": args.steps, "log_every": max(1, args.steps // 5), "warmup_steps": max(1, args.steps // 10)}
     if device.type == "cpu":
         overrides.update(CPU_SMOKE)
     cfg = TrainConfig.load(args.config, **overrides)
@@ -119,7 +117,8 @@ def main(argv=None) -> dict:
     rows = {"a_plain_hf": baseline(cfg, args.steps, device)}
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    rows["b_nucleus"] = run(cfg)
+    vocab = architecture.config(cfg.size).vocab_size
+    rows["b_nucleus"] = run(cfg, Data(D.RandomBlocks(2**20, cfg.seq_len, vocab, cfg.seed), None, {}), NoRecords())
     rows["b_nucleus"]["tokens_per_second"] = rows["b_nucleus"].get("steady_tokens_per_second",
                                                                    rows["b_nucleus"]["tokens_per_second"])
     fpt = flops_per_token(architecture.config(cfg.size), rows["a_plain_hf"]["n_params"], cfg.seq_len)

@@ -8,12 +8,10 @@ Same model + preset + seed gives the same text, so the file can be regenerated a
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import nucleus  # noqa: E402
-from nucleus.loading import BUNDLED_MODEL  # noqa: E402
+import nucleus
+from nucleus.loading import BUNDLED_MODEL
 
 DEFAULT_OUT = Path(__file__).parent / "samples.md"
 

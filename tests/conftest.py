@@ -3,7 +3,6 @@ Nothing here touches the Hub or a GPU."""
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")          # tests never reach for th
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parent.parent      # on sys.path via pyproject.toml's pytest `pythonpath`
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
 

@@ -1,13 +1,24 @@
 """TrainConfig: every knob of a training run, read from train/configs/*.yaml with --flag overrides.
 
 One flat dataclass so a YAML file, the command line and the resolved JSON saved beside every
-checkpoint all use the same names. Unknown keys are an error, never silently ignored.
+checkpoint all use the same names. Unknown keys, values of the wrong type and values outside
+the allowed set are errors naming the file, the key and what is allowed; nothing is coerced
+silently (`flase` is not False, `3e-4` written as a YAML string is not a number).
 """
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+OPTIMIZERS = ("adamw", "adamw8bit")
+TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+class ConfigError(ValueError):
+    """A bad config value: names the file (or flag), the key and what is allowed."""
 
 
 @dataclass
@@ -21,7 +32,8 @@ class TrainConfig:
     split: str = "train"
     dataset_config: str | None = None
     validation_split: str | None = None   # a split of the dataset to hold out, else a fraction
-    validation_fraction: float = 0.01
+    validation_fraction: float = 0.01     # 0 <= f < 1; chosen by a hash of each document's text
+    document_separator: str | None = None  # split texts on this (TinyStories' .txt: "<|endoftext|>")
     max_documents: int | None = None
     streaming: bool = False
     cache_dir: str = ".cache/nucleus-tokens"
@@ -38,13 +50,14 @@ class TrainConfig:
     weight_decay: float = 0.1             # on matrices only (not norms)
     beta1: float = 0.9
     beta2: float = 0.95
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0                # 0 = no clipping
     optimizer: str = "adamw"              # adamw (fused on CUDA) | adamw8bit (bitsandbytes)
     precision: str = "auto"               # auto (bf16 autocast on bf16 GPUs, else fp32) | bf16 | fp16 | fp32
     activation_checkpointing: bool = True
     compile: bool = False
     # bookkeeping
     output_dir: str = "runs/pretrain"
+    overwrite: bool = False               # delete a previous run in output_dir (else refused, or --resume)
     log_every: int = 10
     eval_every: int = 500
     eval_batches: int = 20
@@ -53,44 +66,121 @@ class TrainConfig:
     sample_presets: list[str] = field(default_factory=lambda: ["story", "recipe"])
     sample_tokens: int = 48
     seed: int = 1234
-    peak_tflops: float | None = None      # override the table above (MFU)
+    peak_tflops: float | None = None      # override the table in engine.py (MFU)
     halt_after: int | None = None         # stop after this step as if interrupted (train in sessions)
     resume: str | None = None             # "auto" (latest checkpoint in output_dir) or a checkpoint folder
-    benchmark: bool = False               # random tokens; no eval, checkpoints or export
     push_to_hub: str | None = None        # repo id to upload the final export to
     stage: str = "pretrain"               # recorded in the model card
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self, where: str = "config") -> None:
+        """Types first (from the annotations), then allowed values; the first problem is raised."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _check_type(where, f.name, getattr(self, f.name), hints[f.name]))
+        rules = [
+            ("precision", self.precision in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+            ("optimizer", self.optimizer in OPTIMIZERS, f"one of {', '.join(OPTIMIZERS)}"),
+            ("validation_fraction", 0 <= self.validation_fraction < 1, "0 <= validation_fraction < 1"),
+            ("validation_split", self.validation_split != self.split,
+             "a split other than `split` (the held-out set must not be the training set)"),
+            ("document_separator", self.document_separator != "", "a non-empty string or null"),
+            ("keep_last", self.keep_last >= 1, "an integer >= 1"),
+            ("epochs", self.epochs > 0, "a number > 0"),
+            ("lr", self.lr > 0, "a number > 0"),
+            ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "0 <= min_lr_ratio <= 1"),
+            ("grad_clip", self.grad_clip >= 0, "a number >= 0 (0 = off)"),
+            ("warmup_steps", self.warmup_steps >= 0, "an integer >= 0"),
+        ]
+        for key in ("seq_len", "micro_batch", "tokens_per_step", "log_every", "eval_every", "eval_batches",
+                    "save_every", "sample_tokens"):
+            rules.append((key, getattr(self, key) >= 1, "an integer >= 1"))
+        for key in ("max_steps", "max_documents", "halt_after"):
+            rules.append((key, getattr(self, key) is None or getattr(self, key) >= 1, "an integer >= 1 or null"))
+        for key, ok, allowed in rules:
+            if not ok:
+                raise ConfigError(f"{where}: {key} is {getattr(self, key)!r}; allowed: {allowed}")
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides) -> TrainConfig:
         import yaml
 
-        values = yaml.safe_load(Path(path).read_text()) if path else {}
+        where = str(path) if path else "overrides"
+        try:
+            values = yaml.safe_load(Path(path).read_text()) if path else {}
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if values is not None and not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected `key: value` lines, found a {type(values).__name__}")
         values = {**(values or {}), **{k: v for k, v in overrides.items() if v is not None}}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{path or 'overrides'}: unknown config key {unknown[0]!r}; known keys: {sorted(known)}")
-        return cls(**values)
+            raise ConfigError(f"{where}: unknown config key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
+        cfg = cls.__new__(cls)                      # validate with the file's name in the message
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            setattr(cfg, f.name, values.get(f.name, default))
+        cfg.validate(where)
+        return cfg
+
+
+def _check_type(where: str, key: str, value, hint):
+    """`value` if it fits `hint` (int is accepted for float); else a ConfigError naming the key."""
+    args = typing.get_args(hint)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"{where}: {key} must be set (null is not allowed)")
+    base = next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is not list else hint
+    if typing.get_origin(base) is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        raise ConfigError(f"{where}: {key} is {value!r}; allowed: a list of names, e.g. [story, recipe]")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: {key} is {value!r}; allowed: true or false")
+    if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if base is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if base is str and isinstance(value, str):
+        return value
+    hint_name = {int: "an integer", float: "a number (write 3.0e-4, not 3e-4, in YAML)", str: "text"}[base]
+    raise ConfigError(f"{where}: {key} is {value!r} ({type(value).__name__}); allowed: {hint_name}")
+
+
+# ---- the command line ----------------------------------------------------------------------------
+def parse_bool(text: str) -> bool:
+    """true/yes/on/1 or false/no/off/0; anything else (e.g. `flase`) is refused."""
+    if text.strip().lower() in TRUE:
+        return True
+    if text.strip().lower() in FALSE:
+        return False
+    import argparse
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean; allowed: true or false")
 
 
 def add_config_flags(parser) -> None:
-    """One --flag per TrainConfig field, typed from its default; unset flags keep the YAML value."""
+    """One --flag per TrainConfig field, typed from its annotation; unset flags keep the YAML value."""
     parser.add_argument("--config", help="YAML file in train/configs/")
+    hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        args = [a for a in typing.get_args(hints[f.name]) if a is not type(None)]
+        base = hints[f.name] if typing.get_origin(hints[f.name]) is list or not args else args[0]
         flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(flag, dest=f.name, type=lambda s: s.lower() in {"1", "true", "yes", "on"},
-                                default=None, metavar="BOOL")
-        elif isinstance(default, list):
+        if base is bool:
+            parser.add_argument(flag, dest=f.name, type=parse_bool, nargs="?", const=True, default=None,
+                                metavar="BOOL")           # `--overwrite` alone means true
+        elif typing.get_origin(base) is list:
             parser.add_argument(flag, dest=f.name, nargs="*", default=None)
         else:
-            kind = {int: int, float: float}.get(type(default), str)
-            if f.name in {"max_steps", "max_documents", "halt_after"}:
-                kind = int
-            elif f.name == "peak_tflops":
-                kind = float
-            parser.add_argument(flag, dest=f.name, type=kind, default=None)
+            parser.add_argument(flag, dest=f.name, type=base, default=None)
 
 
 def config_from_args(args) -> TrainConfig:

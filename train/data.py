@@ -1,6 +1,7 @@
 """Training data: datasets -> token ids -> packed blocks -> memmap cache, with a held-out split.
 
-    texts (load_dataset: Hub name, or local txt/jsonl/json/parquet files or a folder of them)
+    texts (load_dataset: Hub name, or local txt/jsonl/json/parquet files or a folder of them,
+           split by file names as on the Hub: train*, validation*, test*)
       -> <s> ids </s> per document (the Nucleus tokenizer; EOS marks every document boundary)
       -> one uint16 token stream per split, cached on disk (tokenised once, ever)
       -> full fixed-length blocks of `seq_len` tokens (no padding; the ragged tail is dropped)
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 LOCAL_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 TOKENIZE_BATCH = 1000       # documents per tokenizer call (the fast tokenizer parallelises inside)
-CACHE_VERSION = 1
+CACHE_VERSION = 2           # 2: held-out choice by text hash, local splits, document separator
 
 
 class DataError(ValueError):
@@ -40,14 +41,15 @@ class DataSpec:
     split: str = "train"
     config_name: str | None = None       # Hub dataset configuration, if it has several
     validation_split: str | None = None  # a split of the source to hold out, e.g. "validation"
-    validation_fraction: float = 0.01    # else: this share of documents, chosen by a fixed hash
-    max_documents: int | None = None     # cap, for quick runs
+    validation_fraction: float = 0.01    # else: this share of documents, chosen by a hash of the text
+    max_documents: int | None = None     # cap per split, for quick runs
     streaming: bool = False              # stream large Hub datasets instead of downloading all
+    document_separator: str | None = None  # one record holds several documents split by this
 
 
-# ---- reading documents --------------------------------------------------------------------
+# ---- which files: local sources and their splits ------------------------------------------
 def _list_files(source: str) -> list[Path]:
-    """The local files of `source` ([] for a Hub name), without reading them."""
+    """The local files of `source` ([] for a Hub name), without reading them (no `datasets` needed)."""
     path = Path(source).expanduser()
     if path.is_file():
         return [path]
@@ -60,16 +62,46 @@ def _list_files(source: str) -> list[Path]:
 
 
 def local_files(source: str) -> list[Path]:
-    """The local files of `source`, checked: known type, not empty, valid UTF-8."""
+    """The local files of `source`, checked: known type, not empty, valid UTF-8, rows in Parquet."""
     files = _list_files(source)
     for f in files:
         if f.suffix not in LOCAL_SUFFIXES:
             raise DataError(f"{f}: unsupported file type; use one of {', '.join(LOCAL_SUFFIXES)}")
         if f.stat().st_size == 0:
             raise DataError(f"{f}: the file is empty")
-        if f.suffix != ".parquet":
+        if f.suffix == ".parquet":
+            _check_parquet(f)
+        else:
             _check_utf8(f)
     return files
+
+
+def local_splits(source: str) -> dict[str, list[Path]]:
+    """Local files by split, by `datasets`' own naming rules (train*, validation*/valid*/dev*/val*,
+    test*, in file or folder names: the Hub layout). A single file, or a folder whose names carry
+    no split, is all "train"."""
+    files = local_files(source)
+    path = Path(source).expanduser()
+    if path.is_file():
+        return {"train": files}
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    resolved = DataFilesDict.from_patterns(get_data_patterns(str(path.resolve())), base_path=str(path.resolve()))
+    wanted = {f.resolve() for f in files}
+    splits = {str(name): sorted(Path(f) for f in found if Path(f).resolve() in wanted)
+              for name, found in resolved.items()}
+    return {name: found for name, found in splits.items() if found}
+
+
+def _check_parquet(path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.ParquetFile(path).metadata.num_rows
+    except Exception as e:      # pyarrow's ArrowInvalid and friends
+        raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    if rows == 0:
+        raise DataError(f"{path}: the Parquet file has no rows")
 
 
 def _check_utf8(path: Path) -> None:
@@ -88,53 +120,107 @@ def _check_utf8(path: Path) -> None:
             raise DataError(f"{path}: not UTF-8 text (truncated character at the end)") from None
 
 
-def _load(spec: DataSpec, split: str):
-    from datasets import load_dataset
+# ---- reading documents --------------------------------------------------------------------
+def _load_datasets():
+    try:
+        from datasets import load_dataset
+    except ImportError:
+        raise DataError("reading a dataset needs the `datasets` package (pip install datasets); "
+                        "a run on an existing token cache does not") from None
+    return load_dataset
 
-    files = local_files(spec.source)
-    if files:
-        kinds = {LOCAL_SUFFIXES[f.suffix] for f in files}
-        if len(kinds) > 1:
-            raise DataError(f"{spec.source}: mixes {sorted(kinds)} files; keep one kind per folder")
-        kind = kinds.pop()
-        # a .txt file is one document; other formats carry one document per record
-        extra = {"sample_by": "document"} if kind == "text" else {}
-        ds = load_dataset(kind, data_files=[str(f) for f in files], split="train", **extra)
-        where = ", ".join(str(f) for f in files[:3]) + (" ..." if len(files) > 3 else "")
-    else:
-        try:
-            ds = load_dataset(spec.source, spec.config_name, split=split, streaming=spec.streaming)
-        except FileNotFoundError as e:
-            raise DataError(f"{spec.source}: no such local path, and the Hub could not provide it ({e})") from None
-        where = f"{spec.source} [{split}]"
-    columns = ds.column_names or []
-    if spec.text_field not in columns:
-        raise DataError(f"{where}: no column {spec.text_field!r}; columns are {columns}. "
-                        "Set data.text_field in the config.")
+
+def _load_local(spec: DataSpec, split: str):
+    splits = local_splits(spec.source)
+    if split not in splits:
+        raise DataError(f"{spec.source}: no local files for split {split!r}; found splits: {sorted(splits)} "
+                        "(file or folder names starting train/validation/test name the split)")
+    files = splits[split]
+    kinds = {LOCAL_SUFFIXES[f.suffix] for f in files}
+    if len(kinds) > 1:
+        raise DataError(f"{spec.source}: mixes {sorted(kinds)} files; keep one kind per folder")
+    kind = kinds.pop()
+    where = ", ".join(str(f) for f in files[:3]) + (" ..." if len(files) > 3 else "")
+    # a .txt file is one record (split into documents by `document_separator`, if set)
+    extra = {"sample_by": "document"} if kind == "text" else {}
+    try:
+        ds = _load_datasets()(kind, data_files=[str(f) for f in files], split="train", **extra)
+    except DataError:
+        raise
+    except Exception as e:      # datasets' DatasetGenerationError wraps the parser's error
+        cause = e.__cause__ or e
+        raise DataError(f"{where}: could not be read as {kind} ({str(cause).strip().splitlines()[0]})") from None
     return ds, where
 
 
-def _documents(spec: DataSpec, split: str):
-    """Yield non-empty documents of a split, up to max_documents."""
-    ds, where = _load(spec, split)
+def _load_hub(spec: DataSpec, split: str):
+    from nucleus.loading import hub_offline, hub_reachable
+
+    where = f"{spec.source} [{split}]"
+    if not hub_offline() and not hub_reachable():
+        raise DataError(f"{spec.source}: not a local path, and the Hugging Face Hub did not answer; check the "
+                        "network, set HF_HUB_OFFLINE=1 to use a copy in the local cache, or set dataset to a local folder")
+    try:
+        return _load_datasets()(spec.source, spec.config_name, split=split, streaming=spec.streaming), where
+    except DataError:
+        raise
+    except ConnectionError:
+        raise DataError(f"{spec.source}: not a local path, and not in the local Hugging Face cache "
+                        "(HF_HUB_OFFLINE is set); download it once with network access or use a local folder") from None
+    except (FileNotFoundError, ValueError) as e:   # DatasetNotFoundError; an unknown split or config
+        raise DataError(f"{where}: {str(e).strip().splitlines()[0]}") from None
+
+
+def _documents(spec: DataSpec, split: str, stats: dict):
+    """Yield the non-empty documents of a split, up to max_documents. Records with no text (null)
+    are skipped and counted in stats["skipped_records"]; a wrong type is an error."""
+    ds, where = (_load_local if _list_files(spec.source) else _load_hub)(spec, split)
+    columns = ds.column_names
+    if columns is not None and spec.text_field not in columns:      # None: a stream, checked per record
+        raise DataError(f"{where}: no column {spec.text_field!r}; columns are {columns}. "
+                        "Set text_field in the config (or --text-field).")
     n = 0
     for record in ds:
+        if spec.text_field not in record:
+            raise DataError(f"{where}: no column {spec.text_field!r}; columns are {sorted(record)}. "
+                            "Set text_field in the config (or --text-field).")
         text = record[spec.text_field]
+        if text is None:
+            stats["skipped_records"] = stats.get("skipped_records", 0) + 1
+            continue
         if not isinstance(text, str):
             raise DataError(f"{where}: column {spec.text_field!r} holds {type(text).__name__}, not text")
-        if text.strip():
-            yield text
-            n += 1
-            if spec.max_documents and n >= spec.max_documents:
-                return
+        pieces = [p.strip() for p in text.split(spec.document_separator)] if spec.document_separator else [text]
+        for piece in pieces:
+            if piece.strip():
+                yield piece
+                n += 1
+                if spec.max_documents and n >= spec.max_documents:
+                    return
     if n == 0:
         raise DataError(f"{where}: column {spec.text_field!r} has no non-empty text")
 
 
-def _is_validation(index: int, fraction: float) -> bool:
-    """A fixed, order-independent choice of held-out documents."""
-    h = int.from_bytes(hashlib.blake2b(index.to_bytes(8, "little"), digest_size=8).digest(), "little")
-    return h / 2**64 < fraction
+def _text_hash(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+
+
+def _is_validation(text: str, fraction: float) -> bool:
+    """A fixed choice of held-out documents by their text: order-independent, and a document that
+    occurs twice is held out (or trained on) in both places, never split across the two sets."""
+    return int.from_bytes(_text_hash(text), "little") / 2**64 < fraction
+
+
+def held_out_plan(spec: DataSpec) -> tuple[str | None, str]:
+    """(the split to hold out or None for a hashed fraction, a sentence saying which)."""
+    if spec.validation_split:
+        if _list_files(spec.source):
+            splits = local_splits(spec.source)
+            if spec.validation_split not in splits:
+                return None, (f"{spec.source} has no {spec.validation_split!r} split (found {sorted(splits)}): "
+                              f"holding out {spec.validation_fraction:.1%} of the {spec.split!r} documents instead")
+        return spec.validation_split, f"held-out set: the {spec.validation_split!r} split of {spec.source}"
+    return None, f"held-out set: {spec.validation_fraction:.1%} of the {spec.split!r} documents, chosen by text hash"
 
 
 # ---- tokenising into the cache --------------------------------------------------------------
@@ -145,19 +231,25 @@ def cache_key(spec: DataSpec, tokenizer) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
-def tokenize_to_cache(spec: DataSpec, tokenizer, cache_dir: str | Path) -> Path:
+def tokenize_to_cache(spec: DataSpec, tokenizer, cache_dir: str | Path, say=print) -> Path:
     """Tokenise `spec` once into cache_dir/<key>/{train,val}.bin (uint16) + meta.json.
-    Returns the folder. A finished cache is reused; an interrupted one is redone."""
+    Returns the folder. A finished cache is reused (without importing `datasets`); an
+    interrupted one is redone. No held-out document is ever written to train.bin: with a
+    held-out split, training documents whose text also occurs there are dropped and counted."""
     folder = Path(cache_dir) / cache_key(spec, tokenizer)
     if (folder / "meta.json").is_file():
         return folder
     if len(tokenizer) > np.iinfo(np.uint16).max:
         raise DataError(f"vocabulary of {len(tokenizer)} does not fit uint16 token ids")
+    val_split, held_out = held_out_plan(spec)
+    say(held_out)
     tmp = folder.with_name(folder.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     counts = {"train": [0, 0], "val": [0, 0]}   # documents, tokens
+    stats = {"skipped_records": 0, "dropped_in_held_out": 0}
     outs = {name: open(tmp / f"{name}.bin", "wb") for name in counts}
+    val_hashes: set[bytes] = set()
 
     def write(split_name, texts):
         ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
@@ -167,14 +259,25 @@ def tokenize_to_cache(spec: DataSpec, tokenizer, cache_dir: str | Path) -> Path:
         counts[split_name][0] += len(texts)
         counts[split_name][1] += flat.size
 
-    try:
-        sources = [(spec.split, None)] + ([(spec.validation_split, "val")] if spec.validation_split else [])
-        for split, forced in sources:
+    def target_of(text, forced):
+        if forced == "val":
+            val_hashes.add(_text_hash(text))
+            return "val"
+        if val_split:
+            if _text_hash(text) in val_hashes:
+                stats["dropped_in_held_out"] += 1
+                return None
+            return "train"
+        return "val" if _is_validation(text, spec.validation_fraction) else "train"
+
+    try:   # the held-out split first, so training documents can be checked against it
+        for split, forced in ([(val_split, "val")] if val_split else []) + [(spec.split, None)]:
             batch = {"train": [], "val": []}
             bar = tqdm(desc=f"tokenising {spec.source} [{split}]", unit=" docs", dynamic_ncols=True)
-            for i, text in enumerate(_documents(spec, split)):
-                target = forced or ("val" if not spec.validation_split and _is_validation(i, spec.validation_fraction)
-                                    else "train")
+            for text in _documents(spec, split, stats):
+                target = target_of(text, forced)
+                if target is None:
+                    continue
                 batch[target].append(text)
                 if len(batch[target]) >= TOKENIZE_BATCH:
                     write(target, batch[target])
@@ -188,9 +291,14 @@ def tokenize_to_cache(spec: DataSpec, tokenizer, cache_dir: str | Path) -> Path:
     finally:
         for fh in outs.values():
             fh.close()
+    if stats["skipped_records"]:
+        say(f"{spec.source}: skipped {stats['skipped_records']} records with no text (null {spec.text_field!r})")
+    if stats["dropped_in_held_out"]:
+        say(f"{spec.source}: dropped {stats['dropped_in_held_out']} training documents that also occur "
+            f"in the held-out split")
     meta = {"source": spec.source, "text_field": spec.text_field, "documents": counts["train"][0],
             "tokens": counts["train"][1], "val_documents": counts["val"][0], "val_tokens": counts["val"][1],
-            "bos": bos, "eos": eos}
+            "held_out": held_out, **stats, "bos": bos, "eos": eos}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     if folder.exists():                      # a concurrent run finished first; keep theirs
         shutil.rmtree(tmp)

@@ -1,7 +1,7 @@
 """Export a trained model in Hugging Face format, with a model card, ready for nucleus.load.
 
-    python train/export.py --checkpoint runs/pretrain/checkpoints/step-0001000 --out exports/my-nucleus
-    python train/export.py --checkpoint ... --out ... --push-to-hub your-name/my-nucleus
+    python -m train.export --checkpoint runs/pretrain/checkpoints/step-0001000 --out exports/my-nucleus
+    python -m train.export --checkpoint ... --out ... --push-to-hub your-name/my-nucleus
 
 The folder holds model.safetensors, config.json, generation_config.json (the recommended
 sampling defaults), the tokenizer files and README.md (data, steps, tokens seen, held-out loss).
@@ -16,23 +16,28 @@ import math
 import os
 import platform
 import shutil
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from nucleus.settings import SamplingSettings  # noqa: E402
+from nucleus.settings import SamplingSettings
 
 # The Nucleus card's recommendation: sample, with a repetition penalty of about 1.5.
 RECOMMENDED = SamplingSettings(temperature=0.7, top_p=0.9, repetition_penalty=1.5, max_new_tokens=200)
 
 
-def _hardware() -> str:
+def hardware(processes: int = 1) -> str:
+    """The machine a run trains on, recorded at training time (the card must not describe the
+    machine that happens to export it)."""
     if torch.cuda.is_available():
-        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}"
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        return f"{processes} x {torch.cuda.get_device_name()}"
+    cpu = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return cpu if processes == 1 else f"{processes} processes x {cpu}"
+
+
+def _count(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else "not recorded"
 
 
 def _duration(seconds: float) -> str:
@@ -43,8 +48,9 @@ def model_card(cfg, summary: dict) -> str:
     c = cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg)
     val = summary.get("val_loss")
     ppl = f"{math.exp(val):.2f}" if val is not None else "not measured"
-    data = summary.get("data", {})
-    hub_data = [] if Path(c["dataset"]).exists() else [c["dataset"]]
+    data = summary.get("data") or {}
+    local = Path(c["dataset"]).exists() or c["dataset"] in {"unknown", ""} or c["dataset"].startswith((".", "/"))
+    hub_data = [] if local else [c["dataset"]]
     front = ["---", "license: mit", "library_name: transformers", "pipeline_tag: text-generation",
              "tags: [nucleus, mistral]"] + ([f"datasets: [{', '.join(hub_data)}]"] if hub_data else []) + ["---"]
     return "\n".join(front) + f"""
@@ -56,14 +62,14 @@ with the Nucleus training kit, stage **{c['stage']}**. It continues text; it is 
 
 | | |
 | --- | --- |
-| parameters | {summary.get('n_params', 0):,} |
+| parameters | {_count(summary.get('n_params'))} |
 | started from | {c['init'] if c['init'] != 'scratch' else f"random init ({c['size']})"} |
-| data | `{c['dataset']}` (field `{c['text_field']}`): {data.get('documents', '?'):,} documents, {data.get('tokens', '?'):,} tokens |
+| data | `{c['dataset']}` (field `{c['text_field']}`): {_count(data.get('documents'))} documents, {_count(data.get('tokens'))} tokens |
 | sequence length | {c['seq_len']} |
 | optimizer steps | {summary.get('steps')} |
-| tokens seen | {summary.get('tokens_seen', 0):,} |
+| tokens seen | {_count(summary.get('tokens_seen'))} |
 | held-out loss | {f"{val:.4f}" if val is not None else "not measured"} (perplexity {ppl}) |
-| hardware | {_hardware()} |
+| hardware | {summary.get('hardware') or 'not recorded'} |
 | training time | {_duration(summary.get('seconds') or 0)} |
 
 Recommended sampling (in `generation_config.json`): temperature {RECOMMENDED.temperature},
@@ -81,12 +87,19 @@ def atomic_folder(final: str | Path):
     """Yield `final`.tmp to write into; on success it replaces `final` in one rename, so a crash
     mid-write never leaves a half-written export or checkpoint. Used by export and checkpoints."""
     final = Path(final)
-    tmp = final.with_name(final.name + ".tmp")
+    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    yield tmp
-    shutil.rmtree(final, ignore_errors=True)
+    try:
+        yield tmp
+    except BaseException:                  # a failed write leaves nothing behind, and `final` untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
     os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def export(model, tokenizer, out: str | Path, cfg, summary: dict) -> Path:
@@ -129,13 +142,16 @@ def main(argv=None) -> Path:
     args = parse_args(argv)
     ckpt = Path(args.checkpoint)
     lm = load(ckpt, device="cpu", dtype=getattr(torch, args.dtype), quantize="none")
-    cfg = json.loads((ckpt / "train_config.json").read_text()) if (ckpt / "train_config.json").is_file() else {
-        "output_dir": args.out, "stage": "unknown", "init": str(ckpt), "size": "?", "dataset": "unknown",
-        "text_field": "text", "seq_len": lm.context_length}
+    # any model folder exports: what its files do not record, the card says is unknown
+    cfg = {"stage": "unknown", "init": str(ckpt), "size": "unknown", "dataset": "unknown", "text_field": "text",
+           "seq_len": lm.context_length}
+    if (ckpt / "train_config.json").is_file():
+        cfg.update(json.loads((ckpt / "train_config.json").read_text()))
     state = json.loads((ckpt / "trainer_state.json").read_text()) if (ckpt / "trainer_state.json").is_file() else {}
     cfg["output_dir"] = args.out
-    summary = {"n_params": lm.n_params, "steps": state.get("step"), "tokens_seen": state.get("tokens_seen", 0),
-               "val_loss": state.get("val_loss"), "seconds": state.get("elapsed_s", 0)}
+    summary = {"n_params": lm.n_params, "steps": state.get("step"), "tokens_seen": state.get("tokens_seen"),
+               "val_loss": state.get("val_loss"), "seconds": state.get("elapsed_s", 0),
+               "data": state.get("data"), "hardware": state.get("hardware")}
     if (ckpt / "training_summary.json").is_file():            # an engine export: its summary is complete
         summary = {**summary, **json.loads((ckpt / "training_summary.json").read_text())}
     out = export(lm.model, lm.tokenizer, args.out, cfg, summary)

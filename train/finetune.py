@@ -1,19 +1,17 @@
 """Stage 2: fine-tune a stage-1 model (Tiny Textbooks by default).
 
 The real recipe, after train/pretrain.py, on one 24 GB RTX 3090:
-    python train/finetune.py --config train/configs/rtx3090-finetune.yaml
+    python -m train.finetune --config train/configs/rtx3090-finetune.yaml
 which starts from runs/pretrain/final (set --init to another folder or a Hub id). Several GPUs:
-    accelerate launch --num_processes 4 train/finetune.py --config train/configs/rtx3090-finetune.yaml
+    accelerate launch --num_processes 4 -m train.finetune --config train/configs/rtx3090-finetune.yaml
 Resume: add --resume auto. Any config key can be overridden with --key value.
 The result lands in OUTPUT_DIR/final in Hugging Face format: `python app.py --model OUTPUT_DIR/final`.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from train import engine  # noqa: E402
+from train import engine
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "rtx3090-finetune.yaml"
 
