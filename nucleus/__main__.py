@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .settings import BOUNDS, MAX_STOP_STRINGS, SamplingSettings, SettingsError, allowed, unescape
@@ -37,8 +38,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         sp.add_argument("--model", help="Hub id or local folder (default: NUCLEUS_MODEL, Hub, bundled nano)")
         sp.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
         sp.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default: auto)")
-        sp.add_argument("--quantize", default="auto", choices=["auto", "int8", "none"],
-                        help="int8 weights for fast CPU decoding; auto = on CPU for models of >= 500M parameters")
+        sp.add_argument("--quantize", default=os.environ.get("NUCLEUS_QUANTIZE", "auto"),
+                        choices=["auto", "int8", "none"],
+                        help="int8 weights for fast CPU decoding (default: NUCLEUS_QUANTIZE or auto = on CPU "
+                             "for models of >= 500M parameters)")
 
     g = sub.add_parser("generate", help="stream a completion to stdout")
     model_flags(g)
@@ -49,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help=f"{help_}; {allowed(name)}")
     g.add_argument("--stop", action="append", default=None,
                    help=f"stop string (repeatable, at most {MAX_STOP_STRINGS}); the text ends before it")
+    g.add_argument("--max-seconds", type=float, default=None,
+                   help="time limit of the run in seconds (default: none); it then ends with 'time'")
     sub.add_parser("presets", help="list the presets").add_argument("--json", action="store_true")
     model_flags(sub.add_parser("info", help="which model would be served, its size, device and dtype"))
     return p.parse_args(argv)
@@ -74,7 +79,7 @@ def main(argv=None) -> int:
         return 0
 
     from .generation import stream
-    from .loading import ModelLoadError, load, resolve_model
+    from .loading import ModelLoadError, inspect, load, resolve_model
 
     try:
         source, why = resolve_model(args.model)
@@ -88,20 +93,24 @@ def main(argv=None) -> int:
                 preset.prompt if preset else None)
             if prompt is None:
                 raise SettingsError("prompt", "give --prompt TEXT or --preset NAME")
-        lm = load(source, args.device, args.dtype, args.quantize)
+            if args.max_seconds is not None and not args.max_seconds > 0:
+                raise SettingsError("max_seconds", f"must be > 0, got {args.max_seconds:g}")
+            lm = load(source, args.device, args.dtype, args.quantize)
+        else:   # info: read from the config, without loading the weights
+            facts = inspect(source, args.device, args.dtype, args.quantize)
     except (ModelLoadError, SettingsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.command == "info":
-        print(f"model:  {lm.source} (chosen by {why})\nsize:   {lm.n_params:,} parameters\n"
-              f"device: {lm.device}\ndtype:  {str(lm.dtype).removeprefix('torch.')}\nweights: {lm.quantization}\n"
-              f"context: {lm.context_length}")
+        print(f"model:   {source} (chosen by {why})\nfolder:  {facts['path']}\n"
+              f"size:    {facts['parameters']:,} parameters\ndevice:  {facts['device']}\n"
+              f"dtype:   {facts['dtype']}\nweights: {facts['weights']}\ncontext: {facts['context']}")
         return 0
 
     sys.stdout.write(prompt)
     shown = 0
     try:
-        for update in stream(lm, prompt, settings):
+        for update in stream(lm, prompt, settings, max_time=args.max_seconds):
             sys.stdout.write(update.text[shown:])
             sys.stdout.flush()
             shown = len(update.text)

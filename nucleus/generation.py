@@ -1,9 +1,15 @@
 """Streaming generation on transformers' own machinery.
 
-`stream()` runs `model.generate` in a worker thread with a `TextIteratorStreamer`, the logits
-processors that `SamplingSettings` maps to, and two stopping criteria: transformers'
-`stop_strings` and `RunControl`, which ends the run within one token when its cancel event is
-set (a Gradio Stop, a client disconnect, or the consumer dropping the iterator).
+`stream()` runs `model.generate` in a worker thread with the logits processors that
+`SamplingSettings` maps to, and three stopping criteria: transformers' `stop_strings`, its
+`max_time` (the per-request time limit), and `RunControl`, which ends the run within one token
+when its cancel event is set (a Gradio Stop, a client disconnect, or the consumer dropping the
+iterator).
+
+Text: the worker hands over token ids, and the consumer decodes them *after the prompt's last
+tokens*. SentencePiece drops the "▁" (space) of the first token of a decoded sequence, so
+decoding the new ids on their own (what `TextIteratorStreamer(skip_prompt=True)` does) glues the
+first word to the prompt. The rule the tests check: prompt + text == decode(all ids).
 
 Reproducibility: the seed is applied to torch's global generator right before `generate`,
 and a process-wide lock keeps two runs from interleaving their draws, so the same prompt,
@@ -12,20 +18,25 @@ each go at half speed).
 """
 from __future__ import annotations
 
+import os
+import queue
 import random
+import re
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
 
 from .loading import LoadedModel
 from .settings import SamplingSettings, SettingsError
 from .tokenizer import encode_prompt
 
 _RUN_LOCK = threading.Lock()
+MIN_NEW_TOKENS_WHEN_CUT = 64   # room kept for new tokens when the prompt alone overflows the context
 
 
 @dataclass(frozen=True)
@@ -36,8 +47,9 @@ class Update:
     seconds: float              # since the run started (prefill included)
     seed: int
     done: bool = False
-    finish_reason: str | None = None   # "eos" | "length" | "stop" | "cancelled", once done
-    warning: str | None = None         # e.g. the prompt was cut to fit the context
+    finish_reason: str | None = None   # "eos" | "length" | "stop" | "cancelled" | "time", once done
+    warning: str | None = None         # e.g. max new tokens lowered, or the prompt cut to fit the context
+    prompt_start: int = 0              # the model saw prompt[prompt_start:] (> 0 only when it was cut)
 
     @property
     def tokens_per_second(self) -> float:
@@ -58,6 +70,67 @@ class RunControl(StoppingCriteria):
                           device=input_ids.device)
 
 
+class _IdStream(BaseStreamer):
+    """Hands the new token ids from generate's thread to the consumer; decoding happens there.
+    generate() first puts the whole prompt, then each new token, then calls end()."""
+
+    def __init__(self):
+        self.ids: queue.Queue[list[int] | None] = queue.Queue()
+        self._prompt_skipped = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_skipped:
+            self._prompt_skipped = True
+            return
+        self.ids.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self.ids.put(None)
+
+
+class IncrementalDecoder:
+    """Text of the new ids as it reads after the prompt. Decodes (anchor + window) and drops the
+    anchor's own text: the anchor is a few real tokens before the window (the prompt's last ones
+    at first), so the window's first word keeps its leading space. The window restarts every
+    WINDOW tokens so a long run costs O(n), not O(n^2), in decoding.
+
+    Byte-fallback tokens (<0xE4> ...) are grouped with their neighbours when decoded, so an anchor
+    never starts with one: it could be the middle of a character and spoil the bytes after it."""
+
+    ANCHOR, WINDOW = 4, 64
+    _BYTE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
+
+    def __init__(self, tokenizer, prompt_ids: list[int]):
+        self.tok = tokenizer
+        special = set(tokenizer.all_special_ids)
+        self.anchor = self._anchor([i for i in prompt_ids if i not in special])
+        self.window: list[int] = []
+        self.done_text = ""
+
+    def _anchor(self, ids: list[int]) -> list[int]:
+        start = max(len(ids) - self.ANCHOR, 0)
+        while start > 0 and self._BYTE.match(self.tok.convert_ids_to_tokens(ids[start])):
+            start -= 1
+        return ids[start:]
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def add(self, ids: list[int]) -> str:
+        """Append new ids; return all the text so far."""
+        self.window += ids
+        head = self._decode(self.anchor)
+        full = self._decode(self.anchor + self.window)
+        # full starts with head, except when invalid byte tokens meet across the boundary and are all
+        # decoded as \ufffd together: then keep what differs (replacement characters either way).
+        tail = full[len(os.path.commonprefix([head, full])):]
+        if len(self.window) >= self.WINDOW and not tail.endswith("\ufffd"):   # \ufffd: a split UTF-8 char
+            self.done_text += tail
+            self.anchor, self.window = self._anchor(self.anchor + self.window), []
+            return self.done_text
+        return self.done_text + tail
+
+
 def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
     """(text safe to show, whether a stop string was found). Before a stop string appears,
     any tail that could be the start of one is held back so it never flashes on screen."""
@@ -68,32 +141,58 @@ def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
     return text[:len(text) - hold], False
 
 
-def fit_context(ids: list[int], max_new_tokens: int, context: int) -> tuple[list[int], str | None]:
-    """Keep the prompt's last tokens so prompt + max_new_tokens fits the context (BOS kept)."""
-    if max_new_tokens >= context:
-        raise SettingsError("max_new_tokens", f"{max_new_tokens} leaves no room for the prompt in this "
-                                              f"model's context of {context} tokens; use at most {context - 1}")
-    room = context - max_new_tokens
-    if len(ids) <= room:
-        return ids, None
-    kept = ids[:1] + ids[len(ids) - (room - 1):]
-    return kept, (f"The prompt was {len(ids)} tokens; it was cut to its last {room} to leave room for "
-                  f"{max_new_tokens} new tokens in the {context}-token context.")
+@dataclass(frozen=True)
+class Fit:
+    ids: list[int]           # what the model sees: <s> + the prompt's (last) tokens
+    max_new_tokens: int      # what the context leaves, at most what was asked for
+    first_kept: int = 1      # index in the full ids of the first prompt token kept (1 = nothing cut)
+    warning: str | None = None
+
+
+def fit_context(ids: list[int], max_new_tokens: int, context: int) -> Fit:
+    """Fit prompt + new tokens into the context. A prompt that fits is never cut: the number of new
+    tokens is lowered to what the context leaves. Only a prompt that alone fills the context is cut,
+    oldest tokens first (the BOS stays), leaving room for a few new tokens."""
+    if len(ids) + max_new_tokens <= context:
+        return Fit(ids, max_new_tokens)
+    if len(ids) < context:
+        room = context - len(ids)
+        return Fit(ids, room, warning=f"Max new tokens lowered from {max_new_tokens} to {room}: the prompt's "
+                                      f"{len(ids)} tokens leave only {room} of the model's {context}-token context.")
+    new = min(max_new_tokens, MIN_NEW_TOKENS_WHEN_CUT, context // 2)
+    keep = context - new - 1                  # prompt tokens kept after the BOS
+    first = len(ids) - keep
+    warning = (f"The prompt is {len(ids)} tokens, more than the model's {context}-token context: the model saw "
+               f"only its last {keep} tokens (shown after […]).")
+    if new < max_new_tokens:
+        warning += f" Max new tokens lowered from {max_new_tokens} to {new}."
+    return Fit(ids[:1] + ids[first:], new, first, warning)
+
+
+def _char_offset(tokenizer, prompt: str, token_index: int) -> int:
+    """Where in `prompt` the token at `token_index` (of encode_prompt's ids) starts."""
+    offsets = tokenizer(prompt, split_special_tokens=True, return_offsets_mapping=True)["offset_mapping"]
+    return offsets[token_index][0]
 
 
 def stream(lm: LoadedModel, prompt: str, settings: SamplingSettings,
-           cancel: threading.Event | None = None) -> Iterator[Update]:
-    """Yield `Update`s as text arrives; the last one has done=True."""
+           cancel: threading.Event | None = None, max_time: float | None = None) -> Iterator[Update]:
+    """Yield `Update`s as text arrives; the last one has done=True.
+    max_time: seconds the run may take (prefill included); it then ends with finish_reason "time"."""
     if not isinstance(prompt, str):
         raise SettingsError("prompt", f"expected text, got {type(prompt).__name__}")
+    if max_time is not None and not max_time > 0:
+        raise ValueError(f"max_time must be > 0 seconds, got {max_time!r}")
     cancel = cancel or threading.Event()
-    ids, warning = fit_context(encode_prompt(lm.tokenizer, prompt), settings.max_new_tokens,
-                               lm.context_length)
+    fit = fit_context(encode_prompt(lm.tokenizer, prompt), settings.max_new_tokens, lm.context_length)
+    prompt_start = _char_offset(lm.tokenizer, prompt, fit.first_kept) if fit.first_kept > 1 else 0
     seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**31)
-    input_ids = torch.tensor([ids], device=lm.device)                     # (1, T)
-    control = RunControl(len(ids), cancel)
-    streamer = TextIteratorStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=None)
-    gen_config = settings.to_generation_config(lm.tokenizer.eos_token_id)
+    input_ids = torch.tensor([fit.ids], device=lm.device)                 # (1, T)
+    control = RunControl(len(fit.ids), cancel)
+    ids_out = _IdStream()
+    eos = lm.tokenizer.eos_token_id
+    gen_config = settings.replace(max_new_tokens=fit.max_new_tokens).to_generation_config(eos)
+    gen_config.max_time = max_time
     failure: list[BaseException] = []
 
     def work():
@@ -101,12 +200,12 @@ def stream(lm: LoadedModel, prompt: str, settings: SamplingSettings,
             torch.manual_seed(seed)
             with torch.inference_mode():
                 lm.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                  generation_config=gen_config, streamer=streamer,
+                                  generation_config=gen_config, streamer=ids_out,
                                   stopping_criteria=StoppingCriteriaList([control]),
                                   tokenizer=lm.tokenizer)  # tokenizer: needed by stop_strings
         except BaseException as e:  # re-raised in the consumer's thread below
             failure.append(e)
-            streamer.end()
+            ids_out.end()
         finally:
             _RUN_LOCK.release()
 
@@ -114,14 +213,18 @@ def stream(lm: LoadedModel, prompt: str, settings: SamplingSettings,
     start = time.perf_counter()
     worker = threading.Thread(target=work, name="nucleus-generate", daemon=True)
     worker.start()
-    raw, shown, stopped, finished = "", "", False, False
+    decoder = IncrementalDecoder(lm.tokenizer, fit.ids)
+    raw, shown, stopped, finished, last_id, n_new = "", "", False, False, None, 0
     try:
-        for chunk in streamer:
-            raw += chunk
-            shown, stopped = cut_at_stop(raw, settings.stop)
+        while (ids := ids_out.ids.get()) is not None:
+            n_new += len(ids)
+            last_id = ids[-1]
+            raw = decoder.add(ids)
+            shown, stopped = cut_at_stop(raw.rstrip("\ufffd"), settings.stop)
             if stopped:
                 break  # the token-level stop_strings criterion has usually ended the run already
-            yield Update(shown, control.tokens, time.perf_counter() - start, seed, warning=warning)
+            yield Update(shown, n_new, time.perf_counter() - start, seed, warning=fit.warning,
+                         prompt_start=prompt_start)
         finished = not stopped
     finally:
         # Stop string, or the consumer abandoned us (GeneratorExit): end the worker within one token.
@@ -132,14 +235,26 @@ def stream(lm: LoadedModel, prompt: str, settings: SamplingSettings,
         raise failure[0]
     if not stopped:
         shown = raw  # the run is over: release any tail held back as a possible stop-string start
-    reason = ("stop" if stopped else "cancelled" if cancel.is_set()
-              else "length" if control.tokens >= settings.max_new_tokens else "eos")
-    yield Update(shown, control.tokens, time.perf_counter() - start, seed, True, reason, warning)
+    elapsed = time.perf_counter() - start
+    if stopped:
+        reason = "stop"
+    elif n_new >= fit.max_new_tokens:
+        reason = "length"
+    elif last_id == eos:
+        reason = "eos"
+    elif cancel.is_set():
+        reason = "cancelled"
+    elif max_time is not None and elapsed >= max_time:
+        reason = "time"
+    else:
+        reason = "eos"
+    yield Update(shown, max(control.tokens, n_new), elapsed, seed, True, reason, fit.warning, prompt_start)
 
 
-def generate(lm: LoadedModel, prompt: str, settings: SamplingSettings) -> Update:
+def generate(lm: LoadedModel, prompt: str, settings: SamplingSettings,
+             cancel: threading.Event | None = None, max_time: float | None = None) -> Update:
     """Run to completion; returns the final Update."""
     update = None
-    for update in stream(lm, prompt, settings):
+    for update in stream(lm, prompt, settings, cancel, max_time):
         pass
     return update

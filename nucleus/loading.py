@@ -3,27 +3,43 @@ benchmarks and training.
 
 Resolution order for the served model: `--model` flag, else `NUCLEUS_MODEL`, else the Hub
 model when the Hub answers within a short bound, else the bundled `models/nucleus-nano`.
-Weights load from safetensors only (pickle files can run code); `trust_remote_code` is never
-set. Every failure a user can cause becomes one `ModelLoadError` sentence, not a stack trace.
+Weights load from safetensors. A checkpoint that ships only PyTorch pickle files (`*.bin`) is
+read with PyTorch's tensors-only unpickler (`weights_only=True`, which cannot run code) and a
+safetensors copy is kept in a cache for the next start; a pickle that needs more than tensors is
+refused. `trust_remote_code` is never set. Every failure a user can cause becomes one
+`ModelLoadError` sentence, not a stack trace.
+
+The checkpoint's own `generation_config.json` is not used as a default for sampling: every run
+passes the user's complete settings, and nothing a checkpoint ships may override them.
 """
 from __future__ import annotations
 
 import functools
+import gc
+import hashlib
 import json
+import logging
 import os
+import pickle
 import re
+import shutil
 import socket
+import tempfile
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel,
+                          PreTrainedTokenizerBase)
 
 from .architecture import count_params
 from .quantize import quantize_int8, resolve_mode
 from .tokenizer import load_tokenizer
+
+log = logging.getLogger("nucleus")
 
 DEFAULT_HUB_MODEL = "NucleusOrg/Nucleus-1B-alpha-1"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +48,8 @@ HUB_CHECK_SECONDS = 2.0       # how long start-up may wait to learn whether the 
 CPU_BF16_MIN_PARAMS = 300e6   # on CPU, bf16 halves the bytes read per token; below this fp32 is as fast
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
+_PICKLE_INDEX = "pytorch_model.bin.index.json"
+_SIDE_FILES = ("*.json", "tokenizer.model")   # copied beside a converted safetensors file
 
 
 class ModelLoadError(RuntimeError):
@@ -53,6 +70,11 @@ class LoadedModel:
     @property
     def name(self) -> str:
         return self.source.rstrip("/").split("/")[-1]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the weights (parameters and buffers, int8 ones included)."""
+        return sum(t.numel() * t.element_size() for t in (*self.model.parameters(), *self.model.buffers()))
 
     @property
     def context_length(self) -> int:
@@ -143,7 +165,9 @@ def resolve_model(flag: str | None = None) -> tuple[str, str]:
 
 # ---- loading --------------------------------------------------------------------------------
 def _is_hub_id(source: str) -> bool:
-    return bool(_HUB_ID.match(source)) and not Path(source).exists()
+    """owner/name, unless it names a local path: `models/nucleus-nan0` (a typo under an existing
+    folder) is a missing folder, not a Hub repository."""
+    return bool(_HUB_ID.match(source)) and not Path(source.split("/")[0]).exists()
 
 
 def _download(repo_id: str) -> Path:
@@ -153,7 +177,11 @@ def _download(repo_id: str) -> Path:
                                         RepositoryNotFoundError)
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "tokenizer.model"]))
+        path = Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "tokenizer.model"]))
+        if not list(path.glob("*.safetensors")):   # a pickle-only repository: its *.bin, read safely below
+            path = Path(snapshot_download(repo_id, allow_patterns=["*.json", "pytorch_model*.bin",
+                                                                   "tokenizer.model"]))
+        return path
     except GatedRepoError:
         raise ModelLoadError(f"{repo_id} is gated on the Hub: accept its terms and set HF_TOKEN.") from None
     except RepositoryNotFoundError:
@@ -165,26 +193,96 @@ def _download(repo_id: str) -> Path:
         raise ModelLoadError(f"Could not download {repo_id} from the Hugging Face Hub: {e}") from None
 
 
-def check_folder(path: Path) -> None:
-    """Refuse missing, partial and pickle-only checkpoints before transformers sees them."""
+def check_folder(path: Path) -> str:
+    """Refuse missing and partial checkpoints before transformers sees them.
+    Returns "safetensors", or "pickle" for a folder whose weights are only PyTorch *.bin files."""
     if not path.is_dir():
         raise ModelLoadError(f"No model at {path}: that folder does not exist.")
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(f"{path} is not a model folder: config.json is missing.")
     weights = sorted(path.glob("*.safetensors"))
-    if not weights:
-        if any((path / name).exists() for name in _PICKLE_WEIGHTS) or list(path.glob("*.bin")):
-            raise ModelLoadError(
-                f"{path} has only PyTorch pickle weights (*.bin); Nucleus loads safetensors only because "
-                "pickle files can run arbitrary code. Re-save it with "
-                "model.save_pretrained(folder, safe_serialization=True).")
-        raise ModelLoadError(f"{path} holds no weights: no *.safetensors file (partial or interrupted download?).")
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
-        missing = sorted(s for s in shards if not (path / s).is_file())
-        if missing:
-            raise ModelLoadError(f"{path} is a partial checkpoint: shard {missing[0]} is missing.")
+    pickles = sorted(path.glob("*.bin"))
+    if not (path / "config.json").is_file():
+        if weights or pickles:
+            raise ModelLoadError(f"{path} has weights ({(weights or pickles)[0].name}) but no config.json beside "
+                                 "them; copy the checkpoint's config.json into the folder.")
+        raise ModelLoadError(f"{path} is not a model folder: config.json is missing.")
+    if not weights and not pickles:
+        raise ModelLoadError(f"{path} holds no weights: no *.safetensors or *.bin file (partial or interrupted "
+                             "download?).")
+    for index_name in ("model.safetensors.index.json", _PICKLE_INDEX):
+        index = path / index_name
+        if index.is_file() and (index_name != _PICKLE_INDEX or not weights):
+            shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+            missing = sorted(s for s in shards if not (path / s).is_file())
+            if missing:
+                raise ModelLoadError(f"{path} is a partial checkpoint: shard {missing[0]} is missing.")
+    return "safetensors" if weights else "pickle"
+
+
+# ---- pickle-only checkpoints ----------------------------------------------------------------
+def cache_dir() -> Path:
+    """Where safetensors copies of pickle-only checkpoints are kept (NUCLEUS_CACHE overrides)."""
+    return Path(os.environ.get("NUCLEUS_CACHE") or Path.home() / ".cache" / "nucleus") / "safetensors"
+
+
+def _read_pickle_tensors(file: Path) -> dict[str, torch.Tensor]:
+    """Tensors from a PyTorch pickle, read with the tensors-only unpickler: it cannot run code,
+    and refuses a file that needs anything else."""
+    try:
+        try:
+            data = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            data = torch.load(file, map_location="cpu", weights_only=True)   # legacy (non-zip) format
+    except pickle.UnpicklingError as e:
+        detail = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
+        raise ModelLoadError(
+            f"Refused {file}: it holds Python objects besides tensors{f' ({detail})' if detail else ''}, and "
+            "unpickling those can run arbitrary code. Convert it to safetensors where you trust its origin: "
+            "model.save_pretrained(folder, safe_serialization=True).") from None
+    except Exception as e:
+        raise ModelLoadError(f"Could not read {file} (corrupt or truncated file?): {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"Refused {file}: expected a dict of tensors (a state dict), got {type(data).__name__}.")
+    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+
+
+def safetensors_copy(path: Path) -> Path:
+    """A folder with the same config and tokenizer as `path` and its *.bin weights as one
+    model.safetensors, made once and reused on the next start."""
+    from safetensors.torch import save_file
+
+    bins = sorted(path.glob("pytorch_model*.bin")) or sorted(path.glob("*.bin"))
+    stamp = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in bins)
+    out = cache_dir() / hashlib.sha256(stamp.encode()).hexdigest()[:20]
+    if (out / "model.safetensors").is_file():
+        return out
+    state: dict[str, torch.Tensor] = {}
+    for f in bins:
+        state.update(_read_pickle_tensors(f))
+    if not state:
+        raise ModelLoadError(f"{path}: its *.bin files hold no tensors.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".partial-"))
+    try:   # written aside and renamed: an interrupted conversion never looks finished
+        for pattern in _SIDE_FILES:
+            for side in path.glob(pattern):
+                if side.name != _PICKLE_INDEX:
+                    shutil.copy(side, tmp / side.name)
+        # safetensors refuses tensors that share memory; clone those (untied models have none)
+        seen: set[int] = set()
+        for k, v in state.items():
+            ptr = v.untyped_storage().data_ptr()
+            state[k] = v.clone().contiguous() if ptr in seen else v.contiguous()
+            seen.add(ptr)
+        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+        os.replace(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (out / "model.safetensors").is_file():   # another process converted it first
+            return out
+        raise ModelLoadError(f"Could not write a safetensors copy of {path} under {out.parent}: {e}") from None
+    return out
 
 
 def load(source: str | os.PathLike, device: str = "auto", dtype: str | torch.dtype = "auto",
@@ -193,7 +291,7 @@ def load(source: str | os.PathLike, device: str = "auto", dtype: str | torch.dty
     quantize: "auto" (int8 weights on CPU for models of >= 500M parameters), "int8" or "none"."""
     source = str(source)
     path = _download(source) if _is_hub_id(source) else Path(source).expanduser()
-    check_folder(path)
+    weights_path = path if check_folder(path) == "safetensors" else safetensors_copy(path)
     try:
         cfg = AutoConfig.from_pretrained(path, trust_remote_code=False)
     except (ValueError, OSError) as e:
@@ -206,26 +304,63 @@ def load(source: str | os.PathLike, device: str = "auto", dtype: str | torch.dty
         raise ModelLoadError(str(e)) from None
     dt = torch.bfloat16 if mode == "int8" else pick_dtype(dtype, dev, n_cfg)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, use_safetensors=True,
+        model = AutoModelForCausalLM.from_pretrained(weights_path, dtype=dt, use_safetensors=True,
                                                      trust_remote_code=False)
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"Could not read the weights in {path} (corrupt or truncated file?): {reason}") from None
     n = sum(p.numel() for p in model.parameters())
+    # Sampling defaults come from the user's settings alone: generate() fills every field a run
+    # leaves unset from model.generation_config, so keep only the special token ids there.
+    model.generation_config = GenerationConfig(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
+                                               pad_token_id=getattr(cfg, "pad_token_id", None))
     if mode == "int8":
         quantize_int8(model)
     model.to(dev).eval()
     return LoadedModel(model, load_tokenizer(path), source, path, dev, dt, n, mode)
 
 
-# ---- the models a visitor may switch between -------------------------------------------------
+# ---- facts without loading the weights -------------------------------------------------------
+def inspect(source: str | os.PathLike, device: str = "auto", dtype: str = "auto", quantize: str = "auto") -> dict:
+    """What `load` would give (size, device, dtype, weights, context), read from the config alone."""
+    source = str(source)
+    path = _download(source) if _is_hub_id(source) else Path(source).expanduser()
+    weights = check_folder(path)
+    try:
+        cfg = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    except (ValueError, OSError) as e:
+        raise ModelLoadError(f"{path}/config.json is not a usable model config: {str(e).splitlines()[0]}") from None
+    dev = pick_device(device)
+    n = count_params(cfg) if cfg.model_type == "mistral" else 0
+    try:
+        mode = resolve_mode(quantize, dev, n)
+    except ValueError as e:
+        raise ModelLoadError(str(e)) from None
+    dt = torch.bfloat16 if mode == "int8" else pick_dtype(dtype, dev, n)
+    return {"path": str(path), "parameters": n, "device": str(dev), "dtype": str(dt).removeprefix("torch."),
+            "weights": mode, "files": weights, "context": int(getattr(cfg, "max_position_embeddings", 0))}
+
+
+# ---- the models visitors may choose between -------------------------------------------------
+def memory_budget() -> int:
+    """Bytes of weights the catalog keeps resident: NUCLEUS_RESIDENT_GB, else half the machine's RAM."""
+    if os.environ.get("NUCLEUS_RESIDENT_GB"):
+        return int(float(os.environ["NUCLEUS_RESIDENT_GB"]) * 2**30)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
 class ModelCatalog:
-    """A fixed list of models (never paths typed by a visitor) and the one currently loaded.
-    Only one model stays in memory: a free CPU Space has 16 GB."""
+    """A fixed list of models (never paths typed by a visitor), chosen per request.
+
+    Loaded models stay resident, most recently used last, while their weights fit `budget`
+    bytes; past that the least recently used ones are dropped (the one just loaded always
+    stays). A model that is already loaded is never loaded again, and two requests for the same
+    model wait for one load."""
 
     def __init__(self, initial: str, device: str = "auto", dtype: str = "auto", probe_hub: bool = True,
-                 quantize: str = "auto"):
+                 quantize: str = "auto", budget: int | None = None):
         self.device, self.dtype, self.quantize = device, dtype, quantize
+        self.budget = memory_budget() if budget is None else budget
         self.choices: dict[str, str] = {}   # label shown in the UI -> source
         self._add(initial)
         if (BUNDLED_MODEL / "config.json").is_file():
@@ -234,8 +369,9 @@ class ModelCatalog:
             self._add(DEFAULT_HUB_MODEL)
         for folder in filter(None, os.environ.get("NUCLEUS_MODELS", "").split(os.pathsep)):
             self._add(folder)
-        self._lock = threading.Lock()
-        self._loaded: tuple[str, LoadedModel] | None = None
+        self._lock = threading.Lock()                       # guards the two dicts below
+        self._resident: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._loading: dict[str, threading.Lock] = {}       # label -> held while it loads
 
     def _add(self, source: str) -> None:
         src = str(source)
@@ -250,13 +386,38 @@ class ModelCatalog:
     def labels(self) -> list[str]:
         return list(self.choices)
 
-    def get(self, label: str) -> LoadedModel:
-        if label not in self.choices:
-            raise ModelLoadError(f"unknown model {label!r}; available: {', '.join(self.choices)}")
+    @property
+    def resident(self) -> list[str]:
+        """Labels of the loaded models, least recently used first."""
         with self._lock:
-            if self._loaded and self._loaded[0] == label:
-                return self._loaded[1]
-            self._loaded = None   # drop the old model before loading the next one
-            loaded = load(self.choices[label], self.device, self.dtype, self.quantize)
-            self._loaded = (label, loaded)
-            return loaded
+            return list(self._resident)
+
+    def check(self, label) -> str:
+        """`label` if it names a model of this catalog, else a ModelLoadError naming the choices."""
+        if not isinstance(label, str):
+            raise ModelLoadError(f"model: expected one of the labels {self.labels} (text), "
+                                 f"got {type(label).__name__} {label!r}")
+        if label not in self.choices:
+            raise ModelLoadError(f"model: unknown model {label!r}; available: {', '.join(self.choices)}")
+        return label
+
+    def get(self, label) -> LoadedModel:
+        label = self.check(label)
+        with self._lock:
+            if label in self._resident:
+                self._resident.move_to_end(label)
+                return self._resident[label]
+            loading = self._loading.setdefault(label, threading.Lock())
+        with loading:
+            with self._lock:
+                if label in self._resident:       # loaded by the request we waited for
+                    self._resident.move_to_end(label)
+                    return self._resident[label]
+            log.info("loading model %s from %s", label, self.choices[label])
+            lm = load(self.choices[label], self.device, self.dtype, self.quantize)
+            with self._lock:
+                self._resident[label] = lm
+                while len(self._resident) > 1 and sum(m.nbytes for m in self._resident.values()) > self.budget:
+                    self._resident.popitem(last=False)   # a run still using it keeps it alive until done
+            gc.collect()
+            return lm

@@ -1,13 +1,15 @@
 import json
+import os
+import shutil
 import subprocess
 import sys
 
 from conftest import ROOT
 
 
-def cli(*args, env_model=None):
+def cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "nucleus", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env={**os.environ, **(env or {})})
 
 
 def test_presets_lists_names_and_json():
@@ -39,4 +41,28 @@ def test_bad_values_name_the_field(tiny_dir):
 
 def test_info(tiny_dir):
     out = cli("info", "--model", str(tiny_dir))
-    assert out.returncode == 0 and "parameters" in out.stdout and "device: cpu" in out.stdout
+    assert out.returncode == 0 and "parameters" in out.stdout and "device:  cpu" in out.stdout
+
+
+def test_info_honours_nucleus_quantize_and_reads_no_weights(tiny_dir, tmp_path):
+    d = tmp_path / "m"
+    shutil.copytree(tiny_dir, d)
+    w = d / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:1000])        # unreadable weights: info must not need them
+    out = cli("info", "--model", str(d), env={"NUCLEUS_QUANTIZE": "int8"})
+    assert out.returncode == 0, out.stderr
+    assert "weights: int8" in out.stdout and "4,202,816 parameters" in out.stdout and "context: 512" in out.stdout
+
+
+def test_generated_text_joins_the_prompt_like_the_decoded_sequence(tiny_lm, tiny_dir):
+    import torch
+    from nucleus.tokenizer import encode_prompt
+    prompt = "One night,"
+    out = cli("generate", "--model", str(tiny_dir), "--prompt", prompt, "--temperature", "0",
+              "--repetition-penalty", "1", "--max-new-tokens", "12")
+    assert out.returncode == 0, out.stderr
+    ids = torch.tensor([encode_prompt(tiny_lm.tokenizer, prompt)])
+    with torch.no_grad():
+        full = tiny_lm.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      max_new_tokens=12, pad_token_id=2)
+    assert out.stdout == tiny_lm.tokenizer.decode(full[0], skip_special_tokens=True)

@@ -1,3 +1,4 @@
+import re
 import threading
 
 import pytest
@@ -104,21 +105,130 @@ def test_abandoning_the_stream_stops_generation(tiny_lm):
     generation._RUN_LOCK.release()
 
 
-def test_long_prompt_is_cut_with_a_warning(tiny_lm):
-    prompt = "word " * 2000
+def test_long_prompt_is_cut_oldest_first_and_the_kept_part_is_reported(tiny_lm):
+    prompt = " ".join(f"w{i}" for i in range(1500))            # far more than the 512-token context
     out = nucleus.generate(tiny_lm, prompt, SamplingSettings(max_new_tokens=12, seed=1))
-    assert out.warning and "cut to its last 500" in out.warning and out.tokens == 12
+    assert out.tokens == 12 and "more than the model's 512-token context" in out.warning
+    seen = prompt[out.prompt_start:]
+    assert 0 < out.prompt_start and prompt.endswith(seen) and "w1499" in seen and "w0 " not in seen
+    kept = int(re.search(r"saw only its last (\d+) tokens", out.warning)[1])
+    assert kept + 12 + 1 <= 512                                  # + the BOS
+    # what the model saw, counted independently: the kept text re-encodes to `kept` tokens (+/- the join)
+    assert abs(len(tiny_lm.tokenizer(seen, add_special_tokens=False).input_ids) - kept) <= 1
+
+
+def test_max_new_tokens_is_lowered_instead_of_cutting_a_prompt_that_fits(tiny_lm):
+    prompt = "Once upon a time, there was a little rabbit named Pip. One night,"
+    n_prompt = len(encode_prompt(tiny_lm.tokenizer, prompt))
+    out = nucleus.generate(tiny_lm, prompt, SamplingSettings(max_new_tokens=511, seed=1, repetition_penalty=1.0))
+    assert out.prompt_start == 0                                 # the whole prompt was used
+    assert out.warning and f"lowered from 511 to {512 - n_prompt}" in out.warning
+    assert out.tokens <= 512 - n_prompt
 
 
 def test_fit_context():
-    assert fit_context([1, 5, 6], 10, 100) == ([1, 5, 6], None)
-    kept, warning = fit_context([1] + list(range(10, 30)), 5, 10)
-    assert kept == [1, 26, 27, 28, 29]
-    assert len(kept) == 5 and kept[0] == 1 and warning
-    with pytest.raises(SettingsError, match="max_new_tokens"):
-        fit_context([1], 10, 10)
+    assert fit_context([1, 5, 6], 10, 100) == generation.Fit([1, 5, 6], 10)
+    fit = fit_context([1] + list(range(10, 30)), 5, 100)          # fits: unchanged
+    assert fit.max_new_tokens == 5 and fit.warning is None
+    fit = fit_context([1] + list(range(10, 30)), 50, 30)          # prompt fits, new tokens do not
+    assert fit.ids == [1] + list(range(10, 30)) and fit.max_new_tokens == 9 and "lowered" in fit.warning
+    fit = fit_context([1] + list(range(10, 50)), 8, 20)           # the prompt alone overflows
+    assert len(fit.ids) + fit.max_new_tokens <= 20 and fit.ids[0] == 1 and fit.ids[-1] == 49
+    assert fit.first_kept == 41 - (len(fit.ids) - 1)
+
+
+def test_time_limit_ends_the_run_with_its_own_reason(tiny_lm):
+    out = nucleus.generate(tiny_lm, "x", SamplingSettings(max_new_tokens=511, seed=4, repetition_penalty=1.0),
+                           max_time=0.05)
+    assert out.finish_reason == "time" and out.tokens < 511
+    with pytest.raises(ValueError, match="max_time"):
+        nucleus.generate(tiny_lm, "x", SamplingSettings(max_new_tokens=5), max_time=0)
 
 
 def test_prompt_must_be_text(tiny_lm):
     with pytest.raises(SettingsError, match="prompt"):
         next(nucleus.stream(tiny_lm, 42, SamplingSettings()))
+
+
+# ---- the continuation joins the prompt exactly as the model's tokens say -----------------------
+JOIN_PROMPTS = ["Once upon a time, there was a rabbit. One night,",   # ends without a space
+                "there was ",                                          # ends with a space
+                "### Lesson: Bread\n### Introduction\n",                # ends with a newline
+                "Café au lait, 你好",                                   # non-ASCII
+                ""]
+
+
+@pytest.mark.parametrize("prompt", JOIN_PROMPTS)
+def test_prompt_plus_text_is_the_decoded_sequence(tiny_lm, prompt):
+    """Reference from plain transformers: generate greedily, decode the WHOLE sequence."""
+    n = 40
+    out = nucleus.generate(tiny_lm, prompt, SamplingSettings(temperature=0, repetition_penalty=1.0,
+                                                             max_new_tokens=n))
+    ids = torch.tensor([encode_prompt(tiny_lm.tokenizer, prompt)])
+    with torch.no_grad():
+        full = tiny_lm.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      max_new_tokens=n, eos_token_id=tiny_lm.tokenizer.eos_token_id,
+                                      pad_token_id=tiny_lm.tokenizer.eos_token_id)
+    whole = tiny_lm.tokenizer.decode(full[0], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    assert tiny_lm.tokenizer.decode(ids[0], skip_special_tokens=True) == prompt   # the prompt round-trips
+    assert prompt + out.text == whole
+
+
+def test_a_first_word_that_starts_with_a_space_keeps_it(tiny_lm):
+    """The bug this guards against: "One night,it…". Pick prompts whose first greedy token really
+    starts with "▁" (found here with plain forward passes), then check the join on them."""
+    tok, hits = tiny_lm.tokenizer, []
+    for word in ("One night,", "there was", "Bread", "The cat", "Hello", "Rome", "Introduction:", "apple", "x",
+                 "Step 1.", "The", "Water", "It was", "Then", "Soup"):
+        ids = torch.tensor([encode_prompt(tok, word)])
+        with torch.no_grad():
+            first = tiny_lm.model(ids).logits[0, -1].argmax().item()
+        if tok.convert_ids_to_tokens(first).startswith("▁"):
+            hits.append((word, tok.convert_ids_to_tokens(first)))
+    assert hits, "no prompt found whose first greedy token starts with a space"
+    for word, piece in hits:
+        out = nucleus.generate(tiny_lm, word, SamplingSettings(temperature=0, repetition_penalty=1.0,
+                                                               max_new_tokens=3))
+        assert out.text.startswith(" " + piece[1:]), (word, piece, out.text)
+
+
+def test_streamed_text_joins_the_prompt_and_grows(tiny_lm):
+    prompt = "One night,"
+    updates = list(nucleus.stream(tiny_lm, prompt, SamplingSettings(temperature=0, repetition_penalty=1.0,
+                                                                     max_new_tokens=150)))
+    texts = [u.text for u in updates]
+    assert all(b.startswith(a) for a, b in zip(texts, texts[1:]))   # across the decoder's window restarts
+    ids = torch.tensor([encode_prompt(tiny_lm.tokenizer, prompt)])
+    with torch.no_grad():
+        full = tiny_lm.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      max_new_tokens=150, pad_token_id=2)
+    assert prompt + texts[-1] == tiny_lm.tokenizer.decode(full[0], skip_special_tokens=True)
+
+
+def test_incremental_decoder_keeps_spaces_across_windows(tiny_lm):
+    tok = tiny_lm.tokenizer
+    prompt_ids = encode_prompt(tok, "The story:")
+    text = " the cat sat on the mat, 你好 café.\n" * 30
+    new_ids = tok(text, add_special_tokens=False).input_ids
+    dec = generation.IncrementalDecoder(tok, prompt_ids)
+    for i in range(0, len(new_ids), 3):                          # arrives a few ids at a time
+        got = dec.add(new_ids[i:i + 3])
+    assert "The story:" + got == tok.decode(prompt_ids + new_ids, skip_special_tokens=True)
+
+
+# ---- a checkpoint's generation_config.json never overrides the user's settings ------------------
+def test_checkpoint_generation_config_does_not_override_settings(tiny_dir, tmp_path):
+    import json
+    import shutil
+    odd = tmp_path / "odd-defaults"
+    shutil.copytree(tiny_dir, odd)
+    (odd / "generation_config.json").write_text(json.dumps({
+        "do_sample": True, "temperature": 0.05, "top_k": 1, "top_p": 0.1, "min_p": 0.9, "typical_p": 0.2,
+        "repetition_penalty": 2.0, "no_repeat_ngram_size": 1, "max_new_tokens": 3, "min_new_tokens": 30,
+        "suppress_tokens": list(range(3, 2000)), "bos_token_id": 1, "eos_token_id": 2}))
+    plain, odd_lm = nucleus.load(tiny_dir, device="cpu"), nucleus.load(odd, device="cpu")
+    for s in (SamplingSettings(temperature=1.0, top_p=1.0, min_p=0.0, repetition_penalty=1.0, max_new_tokens=20,
+                               seed=8),
+              SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=20)):
+        a, b = nucleus.generate(plain, PROMPT, s), nucleus.generate(odd_lm, PROMPT, s)
+        assert a.text == b.text and a.tokens == b.tokens == 20

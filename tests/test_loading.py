@@ -1,3 +1,4 @@
+import os
 import shutil
 import time
 
@@ -28,12 +29,56 @@ def test_missing_folder_and_missing_config(tmp_path):
         load(tmp_path)
 
 
-def test_pickle_only_checkpoint_is_refused_with_the_reason(tiny_dir, tmp_path):
-    d = copy_of(tiny_dir, tmp_path / "m")
+def bin_checkpoint(tiny_dir, folder):
+    """The tiny model as a pickle-only checkpoint: config, tokenizer and pytorch_model.bin."""
+    from safetensors.torch import load_file
+    d = copy_of(tiny_dir, folder)
+    torch.save(load_file(d / "model.safetensors"), d / "pytorch_model.bin")
     (d / "model.safetensors").unlink()
-    torch.save({"w": torch.zeros(1)}, d / "pytorch_model.bin")
-    with pytest.raises(ModelLoadError, match="pickle.*safetensors only"):
+    return d
+
+
+def test_pickle_only_checkpoint_loads_tensors_only_and_keeps_a_safetensors_copy(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("NUCLEUS_CACHE", str(tmp_path / "cache"))
+    d = bin_checkpoint(tiny_dir, tmp_path / "m")
+    lm, ref = load(d, device="cpu"), load(tiny_dir, device="cpu")
+    ids = torch.tensor([[1, 415, 2936, 9060]])
+    with torch.no_grad():
+        assert torch.equal(lm.model(ids).logits, ref.model(ids).logits)
+    copies = list((tmp_path / "cache" / "safetensors").glob("*/model.safetensors"))
+    assert len(copies) == 1 and (copies[0].parent / "config.json").is_file()
+    # the next start reads the copy, not the pickle
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("the pickle was read again"))
+    assert load(d, device="cpu").path == d
+
+
+def test_a_pickle_that_would_run_code_is_refused(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("NUCLEUS_CACHE", str(tmp_path / "cache"))
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    d = bin_checkpoint(tiny_dir, tmp_path / "evil")
+    torch.save({"model.embed_tokens.weight": torch.zeros(2), "payload": Evil()}, d / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match="Python objects besides tensors.*run arbitrary code"):
         load(d)
+    assert not marker.exists()
+
+
+def test_messages_for_odd_folders(tiny_dir, tmp_path, monkeypatch):
+    only_bin = tmp_path / "only-bin"
+    only_bin.mkdir()
+    torch.save({"w": torch.zeros(1)}, only_bin / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match="has weights \\(pytorch_model.bin\\) but no config.json"):
+        load(only_bin)
+    # a mistyped relative path under an existing folder is a missing folder, not a Hub id
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="models/nucleus-nan0: that folder does not exist"):
+        load("models/nucleus-nan0")
 
 
 def test_partial_and_corrupt_checkpoints(tiny_dir, tmp_path):
@@ -96,9 +141,33 @@ def test_catalog_lists_only_known_models(monkeypatch, tiny_dir, tmp_path):
     cat = ModelCatalog(str(tiny_dir), device="cpu", probe_hub=False)
     assert cat.labels == [tiny_dir.name, "other-model"]
     assert cat.get("other-model").path == other
-    with pytest.raises(ModelLoadError, match="unknown model '/etc'"):
+    with pytest.raises(ModelLoadError, match="model: unknown model '/etc'"):
         cat.get("/etc")
     assert isinstance(cat.get(tiny_dir.name), nucleus.LoadedModel)
+    for wrong in ({"x": 1}, ["a"], [], 3, None):                  # the API's `model` can be any JSON
+        with pytest.raises(ModelLoadError, match=f"model: expected one of the labels.*{type(wrong).__name__}"):
+            cat.get(wrong)
+
+
+def test_catalog_keeps_models_resident_and_evicts_the_least_recent(monkeypatch, tiny_dir, tmp_path):
+    b, c = copy_of(tiny_dir, tmp_path / "b"), copy_of(tiny_dir, tmp_path / "c")
+    monkeypatch.setenv("NUCLEUS_MODELS", os.pathsep.join([str(b), str(c)]))
+    monkeypatch.setattr(loading, "BUNDLED_MODEL", tmp_path / "missing")
+    loads = []
+    real_load = loading.load
+    monkeypatch.setattr(loading, "load", lambda src, *a: loads.append(src) or real_load(src, *a))
+    cat = ModelCatalog(str(tiny_dir), device="cpu", probe_hub=False)
+    a_label = tiny_dir.name
+    for _ in range(3):                                            # two visitors alternating
+        first, second = cat.get(a_label), cat.get("b")
+        assert first.path == tiny_dir and second.path == b
+    assert len(loads) == 2 and cat.resident == [a_label, "b"]   # each loaded once, both resident
+    size = first.nbytes
+    cat.budget = 2 * size                                         # room for two: a third evicts the oldest
+    cat.get("c")
+    assert cat.resident == ["b", "c"]
+    cat.get(a_label)
+    assert cat.resident == ["c", a_label] and len(loads) == 4
 
 
 def test_dtype_choice():
