@@ -81,6 +81,8 @@ def build_model(cfg: TrainConfig, resume_from: Path | None):
         model, tokenizer = lm.model, lm.tokenizer
     else:
         model, tokenizer = architecture.build(cfg.size, seed=cfg.seed), load_tokenizer()
+    if start_from:
+        cfg.size = family_size(model.config)           # recorded: the default size means nothing here
     if cfg.seq_len > model.config.max_position_embeddings:
         raise ConfigError(f"seq_len {cfg.seq_len} exceeds the model's context ({model.config.max_position_embeddings})")
     model.config.use_cache = False
@@ -88,6 +90,15 @@ def build_model(cfg: TrainConfig, resume_from: Path | None):
         enable_activation_checkpointing(model)
     model.train()
     return model, tokenizer
+
+
+def family_size(model_cfg) -> str:
+    """The family member (nucleus/architecture.py) a loaded model's shape matches, else "custom"."""
+    keys = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads")
+    for name, shape in architecture.FAMILY.items():
+        if all(getattr(model_cfg, k) == shape[k] for k in keys):
+            return name
+    return "custom"
 
 
 def enable_activation_checkpointing(model) -> None:

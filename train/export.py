@@ -15,6 +15,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,8 +50,9 @@ def model_card(cfg, summary: dict) -> str:
     val = summary.get("val_loss")
     ppl = f"{math.exp(val):.2f}" if val is not None else "not measured"
     data = summary.get("data") or {}
-    local = Path(c["dataset"]).exists() or c["dataset"] in {"unknown", ""} or c["dataset"].startswith((".", "/"))
-    hub_data = [] if local else [c["dataset"]]
+    # a Hub id is `name` or `owner/name`; a local folder may not exist on the exporting machine
+    hub = re.fullmatch(r"[\w.-]+(/[\w.-]+)?", c["dataset"]) and not Path(c["dataset"]).exists()
+    hub_data = [c["dataset"]] if hub and c["dataset"] != "unknown" else []
     front = ["---", "license: mit", "library_name: transformers", "pipeline_tag: text-generation",
              "tags: [nucleus, mistral]"] + ([f"datasets: [{', '.join(hub_data)}]"] if hub_data else []) + ["---"]
     return "\n".join(front) + f"""
