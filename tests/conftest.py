@@ -35,3 +35,18 @@ def tiny_lm(tiny_dir):
     import nucleus
 
     return nucleus.load(tiny_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def long_dir(tiny_dir, tmp_path_factory) -> Path:
+    """The tiny model with an 8,192-token context: runs long enough to be stopped or abandoned
+    mid-way on any machine (4,000 tokens), without a larger model."""
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("long") / "long-context"
+    shutil.copytree(tiny_dir, folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(max_position_embeddings=8192, sliding_window=8192)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return folder

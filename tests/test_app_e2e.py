@@ -1,4 +1,9 @@
 """The Space end to end: app.py in a subprocess, called with gradio_client like any API user."""
+import re
+import subprocess
+import sys
+import time
+
 import pytest
 from gradio_client import Client
 
@@ -11,6 +16,11 @@ def app_url(tiny_dir):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with running_app(tiny_dir) as url:
         yield url
+
+
+def app_log(url) -> str:
+    """The console of the app at `url` (tests/serve.py keeps it in tests/artifacts/)."""
+    return (ARTIFACTS / f"app-{url.rstrip('/').rsplit(':', 1)[1]}.log").read_text()
 
 
 def test_presets_and_models_endpoints(app_url, tiny_dir):
@@ -37,12 +47,59 @@ def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(app_url):
     for kwargs, message in [(dict(temperature=7.0), "temperature: 7.0 is out of range"),
                             (dict(top_k="many"), "top_k: expected a number"),
                             (dict(stop=["a", "b", "c", "d", "e"]), "at most 4 stop strings"),
-                            (dict(max_new_tokens=600), "max_new_tokens: 600 leaves no room"),
-                            (dict(model="/etc/passwd"), "unknown model")]:
+                            (dict(model="/etc/passwd"), "model: unknown model"),
+                            (dict(model={"x": 1}), "model: expected one of the labels .* got dict"),
+                            (dict(model=["a"]), "model: expected one of the labels .* got list"),
+                            (dict(model=[]), "model: expected one of the labels .* got list")]:
         with pytest.raises(Exception, match=message):
             client.predict("hello", **kwargs, api_name="/generate")
     ok = client.predict("hello", max_new_tokens=5, seed=1, api_name="/generate")
     assert ok["tokens"] == 5
+    log = app_log(app_url)
+    assert "refused: temperature: 7.0 is out of range" in log and "Traceback" not in log   # one line each
+
+
+def test_start_up_says_which_model_and_why(app_url, tiny_dir):
+    assert f"serving {tiny_dir}, chosen by NUCLEUS_MODEL" in app_log(app_url)
+
+
+def test_more_new_tokens_than_the_context_leaves_are_lowered_not_the_prompt_cut(app_url):
+    client = Client(app_url, verbose=False)
+    out = client.predict("### Recipe: Soup\n", max_new_tokens=600, seed=2, repetition_penalty=1.0,
+                         api_name="/generate")
+    assert "lowered from 600" in out["warning"] and out["prompt_start"] == 0 and out["tokens"] <= 505
+
+
+def test_visitors_choose_models_per_request_and_nothing_reloads(app_url, tiny_dir):
+    a, b = Client(app_url, verbose=False), Client(app_url, verbose=False)
+    for _ in range(2):
+        assert a.predict("hi", max_new_tokens=3, seed=1, api_name="/generate")["model"] == tiny_dir.name
+        assert b.predict("hi", max_new_tokens=3, seed=1, model="nucleus-nano", api_name="/generate")["model"] \
+            == "nucleus-nano"
+    log = app_log(app_url)
+    assert log.count("loading model nucleus-nano") == 1 and log.count(f"loading model {tiny_dir.name}") == 1
+
+
+def test_a_client_that_goes_away_stops_its_generation(long_dir):
+    """/generate is not streamed to the caller, but a caller killed mid-request still frees the worker."""
+    caller = ("import sys\nfrom gradio_client import Client\n"
+              "job = Client(sys.argv[1], verbose=False).submit('x', max_new_tokens=4000, repetition_penalty=1.0, "
+              "api_name='/generate')\n"
+              "import time\nwhile not job.outputs():\n    time.sleep(0.05)\nprint('STARTED', flush=True)\n"
+              "time.sleep(600)\n")
+    with running_app(long_dir) as url:
+        proc = subprocess.Popen([sys.executable, "-c", caller, url], stdout=subprocess.PIPE, text=True)
+        try:
+            assert proc.stdout.readline().strip() == "STARTED"
+        finally:
+            proc.kill()                                       # the caller vanishes mid-request
+            proc.wait()
+        deadline = time.time() + 120
+        while "api /generate:" not in app_log(url) and time.time() < deadline:
+            time.sleep(0.2)
+        line = next(ln for ln in app_log(url).splitlines() if "api /generate:" in ln)
+        tokens = int(re.search(r", (\d+) tokens", line)[1])
+        assert "cancelled" in line and tokens < 4000, line
 
 
 def test_the_example_api_client_runs(app_url, capsys):

@@ -1,12 +1,16 @@
 """app.py wiring that the end-to-end tests cannot reach: ZeroGPU and the Spaces-only button."""
+import subprocess
 import sys
 import types
 
 import gradio as gr
+import pytest
 
 import app
 import nucleus
+from conftest import ROOT
 from nucleus import loading
+from nucleus.settings import SamplingSettings, SettingsError
 
 
 def test_gpu_lease_is_a_no_op_off_zerogpu(monkeypatch):
@@ -23,7 +27,10 @@ def test_gpu_lease_uses_spaces_gpu_on_zerogpu(monkeypatch):
     fake.GPU = lambda duration: (calls.append(duration), lambda f: ("leased", f))[1]
     monkeypatch.setitem(sys.modules, "spaces", fake)
     monkeypatch.setenv("SPACES_ZERO_GPU", "1")
-    assert app._gpu_lease(print) == ("leased", print) and calls == [app.ZERO_GPU_SECONDS]
+    sized = lambda *a, **k: app.lease_seconds(k["max_new_tokens"], 60)   # noqa: E731
+    assert app._gpu_lease(print, sized) == ("leased", print) and calls == [sized]
+    # the lease follows the request: more tokens, a longer lease, never past the time limit (+ margin)
+    assert app.lease_seconds(30, 60) < app.lease_seconds(600, 60) <= app.lease_seconds(4000, 60) == 65
 
 
 def _buttons(demo):
@@ -37,3 +44,76 @@ def test_duplicate_button_only_on_spaces(monkeypatch, tiny_dir):
     assert _buttons(app.build_demo(catalog)) == []
     monkeypatch.setenv("SPACE_ID", "someone/nucleus")
     assert len(_buttons(app.build_demo(catalog))) == 1
+
+
+def test_seed_box_empty_means_random_and_bad_text_is_refused():
+    assert app.parse_seed("") is None and app.parse_seed("  ") is None and app.parse_seed(None) is None
+    assert app.parse_seed(" 42 ") == 42 and app.parse_seed(7) == 7
+    with pytest.raises(SettingsError, match="seed: expected a whole number"):
+        app.parse_seed("4.5")
+    with pytest.raises(SettingsError, match="seed"):
+        app.parse_seed("-3")
+
+
+def _demo(monkeypatch, tiny_dir, **kw):
+    monkeypatch.setattr(loading, "BUNDLED_MODEL", tiny_dir / "none")
+    catalog = nucleus.ModelCatalog(str(tiny_dir), device="cpu", probe_hub=False)
+    return app.build_demo(catalog, **kw)
+
+
+def test_slider_ranges_equal_the_validated_ranges(monkeypatch, tiny_dir):
+    demo = _demo(monkeypatch, tiny_dir)
+    sliders = {b.label: b for b in demo.blocks.values() if isinstance(b, gr.Slider)}
+    names = {"Temperature": "temperature", "Top-p": "top_p", "Top-k": "top_k", "Min-p": "min_p",
+             "Repetition penalty": "repetition_penalty", "No-repeat n-gram size": "no_repeat_ngram_size",
+             "Max new tokens": "max_new_tokens"}
+    for label, name in names.items():
+        sl = sliders[label]
+        for end in (sl.minimum, sl.maximum):                  # both ends are accepted values
+            SamplingSettings(**{name: end})
+    assert sliders["Top-p"].minimum > 0 and sliders["Max new tokens"].maximum == 511
+    seed = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "seed")
+    assert isinstance(seed, gr.Textbox) and seed.value == ""     # never a Number that shows 0
+
+
+def test_demo_notice_names_the_bundled_model_and_the_fallback(monkeypatch, tiny_dir):
+    monkeypatch.setattr(loading, "BUNDLED_MODEL", tiny_dir)      # pretend the tiny model is the bundled one
+    catalog = nucleus.ModelCatalog(str(tiny_dir), device="cpu", probe_hub=False)
+    assert "Nucleus-Nano" in app.notice_for(catalog, tiny_dir.name)
+    assert "not meaningful" in app.notice_for(catalog, tiny_dir.name)
+    note = app.notice_for(catalog, tiny_dir.name, "The Hub model X could not be loaded")
+    assert note.startswith("The Hub model X could not be loaded")
+    other = nucleus.ModelCatalog(str(tiny_dir), device="cpu", probe_hub=False)
+    monkeypatch.setattr(loading, "BUNDLED_MODEL", tiny_dir / "none")
+    assert app.notice_for(other, tiny_dir.name) == ""
+
+
+def test_presets_describe_the_prompt_not_what_the_loaded_model_does():
+    for p in nucleus.load_presets().values():
+        d = p.description
+        # claims about a model name the model they are about (Nucleus-1B, base models); never "it does X"
+        assert "Nucleus'" not in d and "favourite" not in d and not d.startswith("Nucleus is"), d
+
+
+def test_automatic_hub_model_falls_back_and_a_named_one_does_not(monkeypatch, tiny_dir, tmp_path):
+    monkeypatch.setattr(loading, "BUNDLED_MODEL", tiny_dir)
+    monkeypatch.setattr(loading, "hub_reachable", lambda *a: True)
+    monkeypatch.delenv("NUCLEUS_MODEL", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")                   # the Hub download fails
+    args = app.parse_args(["--device", "cpu"])
+    catalog, why, fallback = app.open_catalog(args)
+    assert catalog.labels[0] == tiny_dir.name and "fallback" in why
+    assert fallback.startswith(f"The Hub model {loading.DEFAULT_HUB_MODEL} could not be loaded")
+    with pytest.raises(nucleus.ModelLoadError):
+        app.open_catalog(app.parse_args(["--model", str(tmp_path / "nope")]))
+    monkeypatch.setenv("NUCLEUS_MODEL", "NucleusOrg/not-here")
+    with pytest.raises(nucleus.ModelLoadError):
+        app.open_catalog(app.parse_args([]))
+
+
+def test_help_answers_without_importing_torch():
+    code = ("import runpy, sys\nsys.argv = ['app.py', '--help']\n"
+            "try:\n    runpy.run_path('app.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "--max-seconds" in out.stdout and out.stdout.strip().endswith("NO-TORCH"), out.stdout + out.stderr
