@@ -112,3 +112,16 @@ def test_the_example_api_client_runs(app_url, capsys):
     result = mod.main([app_url, "--preset", "story", "--seed", "3", "--max-new-tokens", "15"])
     out = capsys.readouterr().out
     assert "presets: recipe" in out and out.count("Once upon a time") == 1 and result["tokens"] == 15
+
+
+def test_api_text_joins_the_prompt_like_the_decoded_sequence(app_url, tiny_lm):
+    import torch
+    from nucleus.tokenizer import encode_prompt
+    prompt = "One night,"
+    out = Client(app_url, verbose=False).predict(prompt, temperature=0, repetition_penalty=1.0, max_new_tokens=12,
+                                                 api_name="/generate")
+    ids = torch.tensor([encode_prompt(tiny_lm.tokenizer, prompt)])
+    with torch.no_grad():
+        full = tiny_lm.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      max_new_tokens=12, pad_token_id=2)
+    assert prompt + out["text"] == tiny_lm.tokenizer.decode(full[0], skip_special_tokens=True)
