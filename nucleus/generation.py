@@ -28,12 +28,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from .loading import LoadedModel
 from .settings import SamplingSettings, SettingsError
 from .tokenizer import encode_prompt
+from .tokenview import Recorder, TokenRecord, with_texts
 
 _RUN_LOCK = threading.Lock()
 MIN_NEW_TOKENS_WHEN_CUT = 64   # room kept for new tokens when the prompt alone overflows the context
@@ -50,6 +51,7 @@ class Update:
     finish_reason: str | None = None   # "eos" | "length" | "stop" | "cancelled" | "time", once done
     warning: str | None = None         # e.g. max new tokens lowered, or the prompt cut to fit the context
     prompt_start: int = 0              # the model saw prompt[prompt_start:] (> 0 only when it was cut)
+    records: tuple[TokenRecord, ...] = ()   # per shown token, on the last update of a run with record > 0
 
     @property
     def tokens_per_second(self) -> float:
@@ -176,9 +178,12 @@ def _char_offset(tokenizer, prompt: str, token_index: int) -> int:
 
 
 def stream(lm: LoadedModel, prompt: str, settings: SamplingSettings,
-           cancel: threading.Event | None = None, max_time: float | None = None) -> Iterator[Update]:
+           cancel: threading.Event | None = None, max_time: float | None = None,
+           record: int = 0) -> Iterator[Update]:
     """Yield `Update`s as text arrives; the last one has done=True.
-    max_time: seconds the run may take (prefill included); it then ends with finish_reason "time"."""
+    max_time: seconds the run may take (prefill included); it then ends with finish_reason "time".
+    record: keep a TokenRecord per token with this many top candidates (0 = off); the last
+    update carries them."""
     if not isinstance(prompt, str):
         raise SettingsError("prompt", f"expected text, got {type(prompt).__name__}")
     if max_time is not None and not max_time > 0:
@@ -191,8 +196,13 @@ def stream(lm: LoadedModel, prompt: str, settings: SamplingSettings,
     control = RunControl(len(fit.ids), cancel)
     ids_out = _IdStream()
     eos = lm.tokenizer.eos_token_id
-    gen_config = settings.replace(max_new_tokens=fit.max_new_tokens).to_generation_config(eos)
+    gen_config = settings.replace(max_new_tokens=fit.max_new_tokens).to_generation_config(eos, warpers=False)
     gen_config.max_time = max_time
+    # The warpers go in as a list (the same ones generate would build from the settings), so the
+    # recorder can look between them; without a recorder the list is the same, minus the snapshots.
+    warpers = settings.warpers()
+    recorder = Recorder(lm.model, lm.tokenizer, warpers, record, settings.greedy) if record else None
+    processors = LogitsProcessorList(recorder.processors() if recorder else [w for _, w in warpers])
     failure: list[BaseException] = []
 
     def work():
@@ -200,7 +210,7 @@ def stream(lm: LoadedModel, prompt: str, settings: SamplingSettings,
             torch.manual_seed(seed)
             with torch.inference_mode():
                 lm.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                  generation_config=gen_config, streamer=ids_out,
+                                  generation_config=gen_config, streamer=ids_out, logits_processor=processors,
                                   stopping_criteria=StoppingCriteriaList([control]),
                                   tokenizer=lm.tokenizer)  # tokenizer: needed by stop_strings
         except BaseException as e:  # re-raised in the consumer's thread below
@@ -215,11 +225,14 @@ def stream(lm: LoadedModel, prompt: str, settings: SamplingSettings,
     worker.start()
     decoder = IncrementalDecoder(lm.tokenizer, fit.ids)
     raw, shown, stopped, finished, last_id, n_new = "", "", False, False, None, 0
+    texts: list[str] = []      # the text each token added (complete characters only)
     try:
         while (ids := ids_out.ids.get()) is not None:
             n_new += len(ids)
             last_id = ids[-1]
+            before = raw.rstrip("\ufffd")
             raw = decoder.add(ids)
+            texts += [""] * (len(ids) - 1) + [raw.rstrip("\ufffd")[len(before):]]
             shown, stopped = cut_at_stop(raw.rstrip("\ufffd"), settings.stop)
             if stopped:
                 break  # the token-level stop_strings criterion has usually ended the run already
@@ -231,6 +244,8 @@ def stream(lm: LoadedModel, prompt: str, settings: SamplingSettings,
         if not finished:
             cancel.set()
         worker.join()
+        if recorder:
+            recorder.close(last_id)
     if failure:
         raise failure[0]
     if not stopped:
@@ -248,13 +263,20 @@ def stream(lm: LoadedModel, prompt: str, settings: SamplingSettings,
         reason = "time"
     else:
         reason = "eos"
-    yield Update(shown, max(control.tokens, n_new), elapsed, seed, True, reason, fit.warning, prompt_start)
+    records = ()
+    if recorder:   # the tokens whose text is shown (a stop string and what follows are not)
+        keep, at = 0, 0
+        while keep < len(texts) and at + len(texts[keep]) <= len(shown):
+            at += len(texts[keep])
+            keep += 1
+        records = with_texts(recorder.records[:keep], texts[:keep])
+    yield Update(shown, max(control.tokens, n_new), elapsed, seed, True, reason, fit.warning, prompt_start, records)
 
 
 def generate(lm: LoadedModel, prompt: str, settings: SamplingSettings,
-             cancel: threading.Event | None = None, max_time: float | None = None) -> Update:
+             cancel: threading.Event | None = None, max_time: float | None = None, record: int = 0) -> Update:
     """Run to completion; returns the final Update."""
     update = None
-    for update in stream(lm, prompt, settings, cancel, max_time):
+    for update in stream(lm, prompt, settings, cancel, max_time, record):
         pass
     return update

@@ -138,9 +138,12 @@ class SamplingSettings:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
-    def to_generation_config(self, eos_token_id: int, pad_token_id: int | None = None) -> GenerationConfig:
+    def to_generation_config(self, eos_token_id: int, pad_token_id: int | None = None,
+                             warpers: bool = True) -> GenerationConfig:
         """The equivalent GenerationConfig. Greedy leaves the sampling warpers unset (they would
-        be ignored and warned about); penalties apply in both modes."""
+        be ignored and warned about); penalties apply in both modes.
+        warpers=False: temperature/top-k/top-p/min-p neutral, for a caller that passes `warpers()`
+        to generate itself (stream() does, to record between them); the result is the same."""
         kw: dict[str, Any] = dict(
             max_new_tokens=self.max_new_tokens,
             repetition_penalty=self.repetition_penalty,
@@ -152,6 +155,28 @@ class SamplingSettings:
         )
         if not self.greedy:
             # top_k=0 must be explicit: transformers otherwise fills in its default of 50.
-            kw.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                      min_p=self.min_p or None)
+            if warpers:
+                kw.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+                          min_p=self.min_p or None)
+            else:
+                kw.update(temperature=1.0, top_p=1.0, top_k=0, min_p=None)
         return GenerationConfig(**kw)
+
+    def warpers(self) -> list[tuple[str, Any]]:
+        """(name, warper) pairs: exactly the sampling warpers transformers' generate builds from
+        `to_generation_config()`, in its order (temperature, top-k, top-p, min-p, applied after the
+        penalties); none when greedy. The same classes, so the numbers are transformers' own."""
+        from transformers import (MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper,
+                                  TopPLogitsWarper)
+        if self.greedy:
+            return []
+        out: list[tuple[str, Any]] = []
+        if self.temperature != 1.0:
+            out.append(("temperature", TemperatureLogitsWarper(self.temperature)))
+        if self.top_k:
+            out.append(("top-k", TopKLogitsWarper(self.top_k)))
+        if self.top_p < 1.0:
+            out.append(("top-p", TopPLogitsWarper(self.top_p)))
+        if self.min_p:
+            out.append(("min-p", MinPLogitsWarper(self.min_p)))
+        return out
