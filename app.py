@@ -52,6 +52,7 @@ import nucleus  # noqa: E402
 from nucleus import loading  # noqa: E402
 from nucleus.settings import (BOUNDS, MAX_SEED, MAX_STOP_STRINGS, SamplingSettings,  # noqa: E402
                               SettingsError, format_stop_text, parse_stop_text)
+from nucleus.tokenview import check_logprobs, openai_logprobs  # noqa: E402
 
 log = logging.getLogger("nucleus.space")
 
@@ -303,9 +304,11 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
         def generate(prompt: str, temperature: float = 0.7, top_p: float = 0.9, top_k: int = 0,
                      min_p: float = 0.0, repetition_penalty: float = 1.5, no_repeat_ngram_size: int = 0,
                      max_new_tokens: int = 200, stop: list[str] | None = None, seed: int | None = None,
-                     model: str | None = None) -> dict:
+                     model: str | None = None, logprobs: int = 0) -> dict:
             """Continue `prompt`. Returns {text, seed, tokens, tokens_per_second, finish_reason, warning,
-            prompt_start, model}; `predict` gives the final result, `submit` also the progress.
+            prompt_start, model, logprobs}; `predict` gives the final result, `submit` also the progress.
+            logprobs (0-20): per generated token its log-probability and that many alternatives, in
+            the shape of OpenAI's completions API (tokens, token_logprobs, top_logprobs, text_offset).
             A generator underneath: between updates Gradio notices a client that went away, and
             closing this generator stops the run within one token."""
             try:
@@ -315,18 +318,22 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
                                             max_new_tokens=max_new_tokens, stop=stop or (), seed=seed)
                 lm = catalog.get(initial_label if model is None else model)
                 text = _check_prompt(prompt)
+                k = check_logprobs(logprobs)
             except (SettingsError, nucleus.ModelLoadError) as e:
                 raise _refuse(str(e)) from None
             sent, update = 0.0, None
             try:
-                with contextlib.closing(nucleus.stream(lm, text, settings, max_time=max_seconds)) as updates:
+                record = max(k, 10) if k else 0
+                with contextlib.closing(nucleus.stream(lm, text, settings, max_time=max_seconds,
+                                                       record=record)) as updates:
                     for update in updates:
                         if update.done or time.monotonic() - sent >= API_UPDATE_SECONDS:
                             sent = time.monotonic()
                             yield {"text": update.text, "seed": update.seed, "tokens": update.tokens,
                                    "tokens_per_second": round(update.tokens_per_second, 2),
                                    "finish_reason": update.finish_reason, "warning": update.warning,
-                                   "prompt_start": update.prompt_start, "model": lm.name}
+                                   "prompt_start": update.prompt_start, "model": lm.name,
+                                   "logprobs": openai_logprobs(update.records, k) if k and update.done else None}
             except SettingsError as e:
                 raise _refuse(str(e)) from None
             finally:   # a dropped client closes this generator: closing the stream stopped the run

@@ -52,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help=f"{help_}; {allowed(name)}")
     g.add_argument("--stop", action="append", default=None,
                    help=f"stop string (repeatable, at most {MAX_STOP_STRINGS}); the text ends before it")
+    g.add_argument("--logprobs", type=int, default=0, metavar="K",
+                   help="print JSON lines instead of text: per token its text, log-probability and the K (0-20) "
+                        "most likely alternatives, as OpenAI's completions logprobs")
     g.add_argument("--max-seconds", type=float, default=None,
                    help="time limit of the run in seconds (default: none); it then ends with 'time'")
     sub.add_parser("presets", help="list the presets").add_argument("--json", action="store_true")
@@ -79,6 +82,7 @@ def main(argv=None) -> int:
         return 0
 
     from .generation import stream
+    from .tokenview import check_logprobs, openai_logprobs
     from .loading import ModelLoadError, inspect, load, resolve_model
 
     try:
@@ -93,6 +97,7 @@ def main(argv=None) -> int:
                 preset.prompt if preset else None)
             if prompt is None:
                 raise SettingsError("prompt", "give --prompt TEXT or --preset NAME")
+            check_logprobs(args.logprobs)
             if args.max_seconds is not None and not args.max_seconds > 0:
                 raise SettingsError("max_seconds", f"must be > 0, got {args.max_seconds:g}")
             lm = load(source, args.device, args.dtype, args.quantize)
@@ -107,13 +112,22 @@ def main(argv=None) -> int:
               f"dtype:   {facts['dtype']}\nweights: {facts['weights']}\ncontext: {facts['context']}")
         return 0
 
-    sys.stdout.write(prompt)
+    if not args.logprobs:
+        sys.stdout.write(prompt)
     shown = 0
     try:
-        for update in stream(lm, prompt, settings, max_time=args.max_seconds):
-            sys.stdout.write(update.text[shown:])
-            sys.stdout.flush()
-            shown = len(update.text)
+        for update in stream(lm, prompt, settings, max_time=args.max_seconds,
+                             record=max(args.logprobs, 10) if args.logprobs else 0):
+            if not args.logprobs:
+                sys.stdout.write(update.text[shown:])
+                sys.stdout.flush()
+                shown = len(update.text)
+        if args.logprobs:
+            lp = openai_logprobs(update.records, args.logprobs)
+            for token, logprob, top, offset in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"],
+                                                   lp["text_offset"]):
+                print(json.dumps({"token": token, "logprob": logprob, "top_logprobs": top, "text_offset": offset},
+                                 ensure_ascii=False))
     except SettingsError as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 2

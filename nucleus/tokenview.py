@@ -130,6 +130,18 @@ def with_texts(records: list[dict], texts: list[str]) -> tuple[TokenRecord, ...]
 
 
 # ---- OpenAI completions `logprobs` ---------------------------------------------------------------
+MAX_LOGPROBS = 20     # as OpenAI's completions API
+
+
+def check_logprobs(value) -> int:
+    """The API's and the CLI's `logprobs`: alternatives per token, 0 (off) to 20."""
+    from .settings import SettingsError
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
+            or not 0 <= value <= MAX_LOGPROBS:
+        raise SettingsError("logprobs", f"expected a whole number from 0 to {MAX_LOGPROBS}, got {value!r}")
+    return int(value)
+
+
 def openai_logprobs(records: tuple[TokenRecord, ...], k: int, text_start: int = 0) -> dict:
     """{tokens, token_logprobs, top_logprobs, text_offset} as OpenAI's completions API returns
     them: the model's own (raw) log-probabilities, the top k alternatives per token."""

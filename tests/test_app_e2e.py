@@ -125,3 +125,15 @@ def test_api_text_joins_the_prompt_like_the_decoded_sequence(app_url, tiny_lm):
         full = tiny_lm.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                       max_new_tokens=12, pad_token_id=2)
     assert prompt + out["text"] == tiny_lm.tokenizer.decode(full[0], skip_special_tokens=True)
+
+
+def test_api_logprobs_in_openai_shape(app_url):
+    client = Client(app_url, verbose=False)
+    out = client.predict("### Recipe: Soup\n", max_new_tokens=6, seed=4, logprobs=3, api_name="/generate")
+    lp = out["logprobs"]
+    assert "".join(lp["tokens"]) == out["text"] and len(lp["token_logprobs"]) == 6
+    assert all(len(top) <= 3 and all(v <= 0 for v in top.values()) for top in lp["top_logprobs"])
+    assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i]) for i in range(6)]
+    assert client.predict("hi", max_new_tokens=2, api_name="/generate")["logprobs"] is None
+    with pytest.raises(Exception, match="logprobs: expected a whole number from 0 to 20"):
+        client.predict("hi", logprobs=21, api_name="/generate")

@@ -66,3 +66,13 @@ def test_generated_text_joins_the_prompt_like_the_decoded_sequence(tiny_lm, tiny
         full = tiny_lm.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                       max_new_tokens=12, pad_token_id=2)
     assert out.stdout == tiny_lm.tokenizer.decode(full[0], skip_special_tokens=True)
+
+
+def test_logprobs_json_lines(tiny_dir):
+    out = cli("generate", "--model", str(tiny_dir), "--prompt", "hi", "--max-new-tokens", "4", "--seed", "1",
+              "--logprobs", "2")
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(rows) == 4 and all(r["logprob"] <= 0 and len(r["top_logprobs"]) <= 2 for r in rows)
+    bad = cli("generate", "--model", str(tiny_dir), "--prompt", "hi", "--logprobs", "50")
+    assert bad.returncode == 2 and "logprobs: expected a whole number from 0 to 20" in bad.stderr
