@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -49,7 +50,14 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     # gradient_as_bucket_view: DDP's gradients are views into its all-reduce buckets instead of a
     # second copy (measured on gloo, 1.07 GB model: +1.17 GB instead of +2.24 GB per process)
     ddp = DistributedDataParallelKwargs(gradient_as_bucket_view=True)
-    return Accelerator(mixed_precision=_mixed_precision(cfg), kwargs_handlers=[ddp])
+    # several processes without CUDA (`accelerate launch --multi_gpu` or torchrun on CPU): without
+    # cpu=True accelerate gives each process a world of one, i.e. N unsynchronised copies of the run
+    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    acc = Accelerator(mixed_precision=_mixed_precision(cfg), kwargs_handlers=[ddp], cpu=cpu)
+    if acc.num_processes != int(os.environ.get("WORLD_SIZE", acc.num_processes)):
+        raise ConfigError(f"launched {os.environ['WORLD_SIZE']} processes but accelerate sees {acc.num_processes}; "
+                          "launch with `accelerate launch --multi_gpu --num_processes N` (on CPU too)")
+    return acc
 
 
 def _mixed_precision(cfg: TrainConfig) -> str:
@@ -162,8 +170,10 @@ def _fmt_time(seconds: float) -> str:
 
 @torch.no_grad()
 def evaluate(model, blocks, cfg: TrainConfig, acc: Accelerator) -> float | None:
-    """Mean loss over the first `eval_batches` micro-batches of the held-out blocks."""
-    n = min(len(blocks), cfg.eval_batches * cfg.micro_batch)
+    """Mean loss over the first `eval_batches` global batches of the held-out blocks, shared out
+    among the processes. `model` is the unwrapped model: a DDP forward is a collective (buffer
+    broadcast), and the processes may get unequal numbers of batches here."""
+    n = min(len(blocks), cfg.eval_batches * cfg.micro_batch * acc.num_processes)
     model.eval()
     total, count = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
     for start in range(acc.process_index * cfg.micro_batch, n, cfg.micro_batch * acc.num_processes):
@@ -275,7 +285,7 @@ def run(cfg: TrainConfig, data: Data | None = None, records: NoRecords | None = 
         # -- held-out loss and samples --
         last = state["step"] == total_steps
         if data.val is not None and (state["step"] % cfg.eval_every == 0 or last):
-            state["val_loss"] = evaluate(fwd, data.val, cfg, acc)
+            state["val_loss"] = evaluate(raw, data.val, cfg, acc)
             ppl = math.exp(min(state["val_loss"], 50))
             say(f"eval step {state['step']} | held-out loss {state['val_loss']:.4f} | ppl {ppl:.2f}")
             records.row(step=state["step"], val_loss=f"{state['val_loss']:.6f}", val_ppl=f"{ppl:.4f}",
@@ -295,6 +305,7 @@ def run(cfg: TrainConfig, data: Data | None = None, records: NoRecords | None = 
                "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
                "seconds": state["elapsed_s"], "device": str(acc.device), "hardware": state["hardware"],
                "data": data.meta, "step_tokens": step_tokens, "precision": acc.mixed_precision,
+               "processes": acc.num_processes,
                "tokens_per_second": (state["step"] - session_start_step) * step_tokens
                / max(time.perf_counter() - session_start, 1e-9)}
     # throughput after the first step (which pays for compilation, allocator warm-up, ...)
