@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
 from tqdm.auto import tqdm
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
@@ -54,6 +54,9 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     # cpu=True accelerate gives each process a world of one, i.e. N unsynchronised copies of the run
     cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     acc = Accelerator(mixed_precision=_mixed_precision(cfg), kwargs_handlers=[ddp], cpu=cpu)
+    if acc.distributed_type == DistributedType.FSDP:
+        raise ConfigError("FSDP is not supported: checkpoints, samples and the export assume whole weights on "
+                          "every process; use DDP (train/configs/multi-gpu-ddp.yaml), see README")
     if acc.num_processes != int(os.environ.get("WORLD_SIZE", acc.num_processes)):
         raise ConfigError(f"launched {os.environ['WORLD_SIZE']} processes but accelerate sees {acc.num_processes}; "
                           "launch with `accelerate launch --multi_gpu --num_processes N` (on CPU too)")
