@@ -77,10 +77,10 @@ def test_weights_are_quantised_with_the_scale_that_dequantises_them():
 # ---- the prefill path: one small buffer for the whole process -------------------------------------
 def test_prefill_reuses_one_small_buffer_across_threads_and_matches_dense():
     torch.manual_seed(2)
-    lin = torch.nn.Linear(1024, 3000, bias=False)        # 3M weights: more than one 4 MB block
+    lin = torch.nn.Linear(2048, 5000, bias=False)        # 20 MB in bf16: more than one block
     q = Q.Int8Linear(lin)
     assert q.out_features > Q.SCRATCH.block_rows(q.in_features)
-    x = torch.randn(1, Q.DENSE_ROWS + 32, 1024, dtype=torch.bfloat16)
+    x = torch.randn(1, Q.DENSE_ROWS + 32, 2048, dtype=torch.bfloat16)
     ref = (x.float() @ (q.weight_int8.float() * q.scale.float()[:, None]).t())
     first = q(x)                                          # allocates the buffer if no test did yet
     assert ((first.float() - ref).norm() / ref.norm()).item() < 0.01
