@@ -179,7 +179,7 @@ def test_activation_checkpointing_works_on_transformers_5_17():
     from nucleus import architecture
     model = architecture.build("tiny")
     engine.enable_activation_checkpointing(model)                       # 5.23+: the new name
-    assert model.is_gradient_checkpointing
+    assert model.is_activation_checkpointing
 
 
 def test_mixed_precision_keeps_no_fp32_copy_of_the_logits(tmp_path, request):
@@ -201,7 +201,7 @@ def test_mixed_precision_keeps_no_fp32_copy_of_the_logits(tmp_path, request):
     assert acc.ddp_handler.gradient_as_bucket_view is True             # DDP: gradients without a second copy
 
 
-def test_resume_frees_the_loaded_optimizer_state(tmp_path, corpus, monkeypatch):
+def test_resume_frees_the_loaded_optimizer_state_and_abandons_later_checkpoints(tmp_path, corpus, monkeypatch):
     """The CPU copy of the optimizer state (~9 GB for the 1.13B) must not live for the resumed run."""
     run(small(tmp_path, corpus, halt_after=2))
     loaded, alive = [], []
@@ -224,6 +224,14 @@ def test_resume_frees_the_loaded_optimizer_state(tmp_path, corpus, monkeypatch):
     monkeypatch.setattr(engine.D.PackedBlocks, "batch", batch_and_check)
     run(small(tmp_path, corpus, resume="auto"))
     assert loaded and alive and not any(alive)
+    monkeypatch.undo()
+    # resuming from an earlier checkpoint abandons the later ones: a stale step-4 would be picked by
+    # the next `--resume auto` (or would prune the new run's checkpoints)
+    out = tmp_path / "run"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
+    run(small(tmp_path, corpus, resume=str(out / "checkpoints" / "step-0000002"), halt_after=3))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-0000002", "step-0000003"]
+    assert metric_steps(out) == [1, 2, 3]
 
 
 def test_mfu_counts_non_embedding_parameters_and_attention():
