@@ -17,7 +17,7 @@ from test_train import write_corpus
 from test_train_runs import SMALL
 from train.engine import TrainConfig, run
 
-LOSS_TOLERANCE = 1e-4          # relative, per step: 1 vs 2 processes differ only in summation order
+LOSS_TOLERANCE = 1e-5          # relative, per step: 1 vs 2 processes differ only in summation order (seen: 1e-7)
 
 
 def launch(*configs, timeout=300):
