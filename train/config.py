@@ -129,14 +129,20 @@ class TrainConfig:
         return cfg
 
 
+def _base(hint):
+    """The type under an optional: `int | None` -> int; `list[str]` stays itself."""
+    if typing.get_origin(hint) is list:
+        return hint
+    return next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+
+
 def _check_type(where: str, key: str, value, hint):
     """`value` if it fits `hint` (int is accepted for float); else a ConfigError naming the key."""
-    args = typing.get_args(hint)
     if value is None:
-        if type(None) in args:
+        if type(None) in typing.get_args(hint):
             return None
         raise ConfigError(f"{where}: {key} must be set (null is not allowed)")
-    base = next((a for a in args if a is not type(None)), hint) if args and typing.get_origin(hint) is not list else hint
+    base = _base(hint)
     if typing.get_origin(base) is list:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return value
@@ -171,8 +177,7 @@ def add_config_flags(parser) -> None:
     parser.add_argument("--config", help="YAML file in train/configs/")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        args = [a for a in typing.get_args(hints[f.name]) if a is not type(None)]
-        base = hints[f.name] if typing.get_origin(hints[f.name]) is list or not args else args[0]
+        base = _base(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
         if base is bool:
             parser.add_argument(flag, dest=f.name, type=parse_bool, nargs="?", const=True, default=None,

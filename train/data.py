@@ -159,7 +159,8 @@ def _load_hub(spec: DataSpec, split: str):
     where = f"{spec.source} [{split}]"
     if not hub_offline() and not hub_reachable():
         raise DataError(f"{spec.source}: not a local path, and the Hugging Face Hub did not answer; check the "
-                        "network, set HF_HUB_OFFLINE=1 to use a copy in the local cache, or set dataset to a local folder")
+                        "network, set HF_HUB_OFFLINE=1 to use a copy in the local cache, "
+                        "or set dataset to a local folder")
     try:
         return _load_datasets()(spec.source, spec.config_name, split=split, streaming=spec.streaming), where
     except DataError:
