@@ -1,6 +1,7 @@
 """Training data: the held-out set is never trained on, for every local layout and for Hub splits;
 document separators; records without text; errors that name the file and the key."""
 import json
+import os
 import subprocess
 import sys
 import time
@@ -8,6 +9,7 @@ import time
 import numpy as np
 import pytest
 
+from conftest import ROOT
 from train import data as D
 
 WORDS = "the cat sat on a mat and the dog ran to the park with a red ball while birds sang".split()
@@ -190,6 +192,7 @@ folder = D.tokenize_to_cache(D.DataSpec({str(f)!r}), load_tokenizer(), {str(tmp_
 assert str(folder) == {str(first)!r}, folder
 print(len(D.PackedBlocks.from_cache(folder, "train", 16)))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.split()[-1]) > 0

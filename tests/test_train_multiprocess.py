@@ -21,7 +21,7 @@ LOSS_TOLERANCE = 1e-5          # relative, per step: 1 vs 2 processes differ onl
 
 
 def launch(*configs, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            str(ROOT / "tests" / "train_launch.py"), *map(str, configs)]

@@ -4,6 +4,7 @@ Tiny model, 64-token blocks, a handful of steps."""
 import csv
 import gc
 import json
+import os
 import subprocess
 import sys
 import types
@@ -70,9 +71,10 @@ def test_entry_points_print_one_line_errors_and_run_as_module_or_file(tmp_path):
     a config error is one line on stderr, not a traceback."""
     bad = tmp_path / "bad.yaml"
     bad.write_text("precision: fp33\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}           # as `pip install -e .` would; no install needed
     for cmd in (["-m", "train.pretrain"], [str(ROOT / "train" / "pretrain.py")]):
         out = subprocess.run([sys.executable, *cmd, "--config", str(bad)], capture_output=True, text=True,
-                             cwd=tmp_path, timeout=180)
+                             cwd=tmp_path, timeout=180, env=env)
         assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
         assert out.stderr.strip() == f"error: {bad}: precision is 'fp33'; allowed: one of auto, bf16, fp16, fp32"
 
