@@ -156,6 +156,9 @@ def test_bad_data_errors_are_one_clear_sentence(tmp_path, tok):
     write_jsonl(folder / "train.jsonl", ["a b c"])
     with pytest.raises(D.DataError, match=r"no local files for split 'training'; found splits: \['train'\]"):
         cache_of(tmp_path, tok, folder, split="training")
+    write_jsonl(folder / "extra.jsonl", ["d e f"])          # in no split, beside train.jsonl: not dropped silently
+    with pytest.raises(D.DataError, match=r"hf: extra\.jsonl belongs to no split, while other files do"):
+        cache_of(tmp_path, tok, folder)
 
 
 def test_unreachable_hub_fails_fast_with_a_sentence(tmp_path, tok, monkeypatch):

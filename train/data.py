@@ -90,6 +90,10 @@ def local_splits(source: str) -> dict[str, list[Path]]:
     wanted = {f.resolve() for f in files}
     splits = {str(name): sorted(Path(f) for f in found if Path(f).resolve() in wanted)
               for name, found in resolved.items()}
+    stray = sorted(wanted - {f.resolve() for found in splits.values() for f in found})
+    if stray:                                       # never drop a file silently
+        raise DataError(f"{path}: {stray[0].relative_to(path.resolve())} belongs to no split, while other files do "
+                        "(names with train/validation/test choose the split); rename or move it")
     return {name: found for name, found in splits.items() if found}
 
 
