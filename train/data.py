@@ -134,8 +134,7 @@ def _load_datasets():
     return load_dataset
 
 
-def _load_local(spec: DataSpec, split: str):
-    splits = local_splits(spec.source)
+def _load_local(spec: DataSpec, split: str, splits: dict[str, list[Path]]):
     if split not in splits:
         raise DataError(f"{spec.source}: no local files for split {split!r}; found splits: {sorted(splits)} "
                         "(file or folder names starting train/validation/test name the split)")
@@ -176,10 +175,11 @@ def _load_hub(spec: DataSpec, split: str):
         raise DataError(f"{where}: {str(e).strip().splitlines()[0]}") from None
 
 
-def _documents(spec: DataSpec, split: str, stats: dict):
-    """Yield the non-empty documents of a split, up to max_documents. Records with no text (null)
-    are skipped and counted in stats["skipped_records"]; a wrong type is an error."""
-    ds, where = (_load_local if _list_files(spec.source) else _load_hub)(spec, split)
+def _documents(spec: DataSpec, split: str, stats: dict, splits: dict[str, list[Path]] | None):
+    """Yield the non-empty documents of a split (of the local `splits`, else of the Hub dataset), up
+    to max_documents. Records with no text (null) are skipped and counted in
+    stats["skipped_records"]; a wrong type is an error."""
+    ds, where = _load_local(spec, split, splits) if splits is not None else _load_hub(spec, split)
     columns = ds.column_names
     if columns is not None and spec.text_field not in columns:      # None: a stream, checked per record
         raise DataError(f"{where}: no column {spec.text_field!r}; columns are {columns}. "
@@ -216,11 +216,10 @@ def _is_validation(text: str, fraction: float) -> bool:
     return int.from_bytes(_text_hash(text), "little") / 2**64 < fraction
 
 
-def held_out_plan(spec: DataSpec) -> tuple[str | None, str]:
+def held_out_plan(spec: DataSpec, splits: dict[str, list[Path]] | None) -> tuple[str | None, str]:
     """(the split to hold out or None for a hashed fraction, a sentence saying which)."""
     if spec.validation_split:
-        if _list_files(spec.source):
-            splits = local_splits(spec.source)
+        if splits is not None:
             if spec.validation_split not in splits:
                 return None, (f"{spec.source} has no {spec.validation_split!r} split (found {sorted(splits)}): "
                               f"holding out {spec.validation_fraction:.1%} of the {spec.split!r} documents instead")
@@ -246,7 +245,8 @@ def tokenize_to_cache(spec: DataSpec, tokenizer, cache_dir: str | Path, say=prin
         return folder
     if len(tokenizer) > np.iinfo(np.uint16).max:
         raise DataError(f"vocabulary of {len(tokenizer)} does not fit uint16 token ids")
-    val_split, held_out = held_out_plan(spec)
+    splits = local_splits(spec.source) if _list_files(spec.source) else None   # checks every file once
+    val_split, held_out = held_out_plan(spec, splits)
     say(held_out)
     tmp = folder.with_name(folder.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -279,7 +279,7 @@ def tokenize_to_cache(spec: DataSpec, tokenizer, cache_dir: str | Path, say=prin
         for split, forced in ([(val_split, "val")] if val_split else []) + [(spec.split, None)]:
             batch = {"train": [], "val": []}
             bar = tqdm(desc=f"tokenising {spec.source} [{split}]", unit=" docs", dynamic_ncols=True)
-            for text in _documents(spec, split, stats):
+            for text in _documents(spec, split, stats, splits):
                 target = target_of(text, forced)
                 if target is None:
                     continue
