@@ -77,7 +77,7 @@ _MADV_DONTNEED = 4
 try:
     _madvise = ctypes.CDLL(None, use_errno=True).madvise
     _madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-except (OSError, AttributeError):
+except (OSError, AttributeError, TypeError):   # TypeError: Windows has no CDLL(None)
     _madvise = None
 
 
