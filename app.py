@@ -43,6 +43,9 @@ if __name__ == "__main__":
 import collections  # noqa: E402
 import contextlib  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
+import random  # noqa: E402
+import re  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 
@@ -52,6 +55,8 @@ import nucleus  # noqa: E402
 from nucleus import loading  # noqa: E402
 from nucleus.settings import (BOUNDS, MAX_SEED, MAX_STOP_STRINGS, SamplingSettings,  # noqa: E402
                               SettingsError, format_stop_text, parse_stop_text)
+from nucleus.reproduce import read_query, share_query, snippets  # noqa: E402
+from nucleus.tokenizer import encode_prompt  # noqa: E402
 from nucleus.tokenview import check_logprobs, openai_logprobs  # noqa: E402
 
 log = logging.getLogger("nucleus.space")
@@ -163,7 +168,79 @@ def notice_for(catalog: nucleus.ModelCatalog, label: str, fallback: str = "") ->
     return "\n\n".join(parts)
 
 
+# ---- what the page draws from a run (data in, component values out) -----------------------------
+BUCKETS = (("p ≥ 0.5", 0.5), ("0.2 – 0.5", 0.2), ("0.05 – 0.2", 0.05), ("< 0.05", 0.0))
+BUCKET_COLORS = {"p ≥ 0.5": "#bbf7d0", "0.2 – 0.5": "#fef08a", "0.05 – 0.2": "#fed7aa", "< 0.05": "#fecaca"}
+VIEWS = ("Tokens", "Plain text", "Markdown")
+
+
+def bucket(p: float) -> str:
+    return next(name for name, low in BUCKETS if p >= low)
+
+
+def token_entries(prompt_shown: str, records) -> tuple[list[tuple[str, str | None]], list[int]]:
+    """HighlightedText value: the prompt unlabelled, then each token by the model's probability for
+    it; and which record each entry shows (entries with no text are left out)."""
+    entries, index = [(prompt_shown, None)], [-1]
+    for i, r in enumerate(records):
+        if r.text:
+            entries.append((r.text, bucket(math.exp(r.raw_logprob))))
+            index.append(i)
+    return entries, index
+
+
+def md_literal(text: str) -> str:
+    """Untrusted text for a Markdown component: tags and entities show as typed, never as HTML."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def code_span(text: str) -> str:
+    """A Markdown code span that shows `text` literally, whatever backticks it holds."""
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    return f"{fence} {text.replace(chr(10), '⏎')} {fence}"
+
+
+STAGE_NAMES = {"penalties": "the repetition penalty / no-repeat n-gram", "top-k": "top-k", "top-p": "top-p",
+               "min-p": "min-p"}
+
+
+def inspect_step(record, step: int, settings: dict) -> tuple[str, list[list]]:
+    """The inspector for one token: a summary sentence and the candidates table."""
+    chosen = f"Token {step + 1}, {code_span(record.text)}, "
+    if record.greedy:
+        chosen += "was the most likely token after the penalties (temperature 0 = greedy)."
+    else:
+        chosen += f"was drawn with probability **{record.final:.3g}** from {record.kept:,} tokens."
+    cuts = [f"{STAGE_NAMES.get(stage, stage)} removed {n:,}" for stage, n in record.removed.items()]
+    if cuts:
+        chosen += " " + "; ".join(cuts).capitalize() + " of the 32,000-token vocabulary."
+    t = settings.get("temperature")
+    chosen += (f"\n\nSettings: temperature {t:g}, top-p {settings.get('top_p'):g}, top-k {settings.get('top_k')}, "
+               f"min-p {settings.get('min_p'):g}, repetition penalty {settings.get('repetition_penalty'):g}.")
+    rows = [[c.token, round(100 * c.raw, 3), round(100 * c.penalized, 3), round(100 * c.tempered, 3),
+             round(100 * c.final, 3), ("✔ chosen" if c.token_id == record.token_id else "")
+             + (f"removed by {c.removed_by}" if c.removed_by else "")] for c in record.candidates]
+    return chosen, rows
+
+
+INSPECTOR_HEADERS = ["token", "model %", "after penalties %", "after temperature %", "drawn from %", "note"]
+
+
+def prompt_meter(n_tokens: int, context: int, max_new: int) -> str:
+    """One line: the prompt's tokens against the context and what max new tokens leaves."""
+    line = f"Prompt: **{n_tokens:,}** tokens of the model's {context:,}-token context"
+    if n_tokens >= context:
+        return line + " · longer than the context: its oldest tokens will be cut"
+    room = context - n_tokens
+    if max_new > room:
+        return line + f" · leaves {room:,} new tokens, so max new tokens ({max_new:,}) will be lowered to {room:,}"
+    return line + f" · leaves {room:,} new tokens (max new tokens: {max_new:,})"
+
+
 # ---- the page -----------------------------------------------------------------------------------
+CSS = "#output textarea { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; }"
+
+
 def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str = "",
                max_seconds: float = MAX_SECONDS) -> gr.Blocks:
     presets = nucleus.load_presets()
@@ -173,36 +250,91 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
     # they start) and the running one. Stop sets them all; the run itself writes the final status.
     armed: dict[str, collections.deque[threading.Event]] = collections.defaultdict(collections.deque)
     running: dict[str, threading.Event] = {}
+    load = {"runs": 0, "seconds": 10.0}   # runs armed but not finished (all visitors), mean run time
 
     def model_info(label: str) -> str:
         lm = catalog.get(label)
         return f"**Model:** {lm.describe()}" + (f" · chosen by {chosen_by}" if label == initial_label and chosen_by else "")
 
     def slider(name, label, step, value, hi=None):
+        # No per-slider reset button: it would restore the page-load value, not the preset's
+        # ("↺ Preset settings" restores them all).
         kind, lo, top, lo_incl, help_ = BOUNDS[name]
         return gr.Slider(lo if lo_incl else lo + step, top if hi is None else hi, value=value, step=step,
-                         label=label, info=help_, precision=0 if kind is int else None)
+                         label=label, info=help_, precision=0 if kind is int else None, buttons=[])
 
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         notice = gr.Markdown(notice_for(catalog, initial_label, fallback), elem_id="notice")
+        link_note = gr.Markdown("", elem_id="link-note")
         if os.environ.get("SPACE_ID"):
             gr.DuplicateButton(value="Duplicate this Space to run it privately")
+        history = gr.State([])        # Undo: earlier (prompt, text, status) of this visitor, newest last
+        last_run = gr.State(None)     # the last finished run: prompt, text, settings, seed, model, records
+        token_map = gr.State([])      # token view entry -> record index
         with gr.Row():
             with gr.Column(scale=3):
-                preset = gr.Dropdown([(p.title, p.name) for p in presets.values()], value=first.name,
-                                     label="Preset", elem_id="preset")
-                preset_info = gr.Markdown(first.description)
-                prompt = gr.Textbox(first.prompt, lines=6, max_lines=20, label="Prompt", elem_id="prompt")
-                with gr.Row():
-                    run_btn = gr.Button("Generate", variant="primary", elem_id="generate")
-                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
-                    clear_btn = gr.Button("Clear", elem_id="clear")
-                output = gr.Textbox(lines=14, max_lines=40, label="Prompt + continuation", interactive=False,
-                                    elem_id="output", buttons=["copy"])
-                status = gr.Markdown("", elem_id="status")
-                last_seed = gr.State(None)
-                reuse_btn = gr.Button("↻ Reuse this seed", size="sm", elem_id="reuse-seed")
+                with gr.Tabs():
+                    with gr.Tab("Write", id="write"):
+                        with gr.Row():
+                            preset = gr.Dropdown([(p.title, p.name) for p in presets.values()], value=first.name,
+                                                 label="Preset", elem_id="preset", scale=3)
+                            preset_reset = gr.Button("↺ Preset settings", size="sm", elem_id="preset-reset",
+                                                     scale=1)
+                        preset_info = gr.Markdown(first.description)
+                        prompt = gr.Textbox(first.prompt, lines=5, max_lines=20, label="Prompt", elem_id="prompt")
+                        meter = gr.Markdown("", elem_id="meter")
+                        with gr.Row():
+                            run_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+                            continue_btn = gr.Button("Continue", elem_id="continue")
+                            regen_btn = gr.Button("Regenerate", elem_id="regenerate")
+                            undo_btn = gr.Button("Undo", elem_id="undo")
+                            clear_btn = gr.Button("Clear", elem_id="clear")
+                        status = gr.Markdown("", elem_id="status")
+                        view = gr.Radio(list(VIEWS), value=VIEWS[0], label="Show the result as", elem_id="view")
+                        tokens = gr.HighlightedText([], label="Prompt + continuation (colour: the model's "
+                                                    "probability for each token; select one to inspect it)",
+                                                    color_map=BUCKET_COLORS, show_legend=True, combine_adjacent=False,
+                                                    elem_id="tokens", interactive=False)
+                        output = gr.Textbox(lines=12, max_lines=40, label="Prompt + continuation", interactive=False,
+                                            elem_id="output", buttons=["copy"], visible="hidden")
+                        rendered = gr.Markdown("", elem_id="rendered", visible="hidden")
+                        with gr.Accordion("Token inspector", open=True, elem_id="inspector"):
+                            inspect_md = gr.Markdown("Run, then select a token above.", elem_id="inspect-summary")
+                            inspect_table = gr.Dataframe(headers=INSPECTOR_HEADERS, datatype=["str"] + ["number"] * 4
+                                                         + ["str"], interactive=False, elem_id="inspect-table")
+                    with gr.Tab("Compare", id="compare"):
+                        gr.Markdown("The same prompt and seed under two settings or two models, one after the "
+                                    "other. The other settings are those of the side panel.")
+                        with gr.Row():
+                            with gr.Column():
+                                model_a = gr.Dropdown(catalog.labels, value=initial_label, label="Model A",
+                                                      elem_id="model-a")
+                                temp_a = slider("temperature", "Temperature A", 0.05, 0.3)
+                            with gr.Column():
+                                model_b = gr.Dropdown(catalog.labels, value=initial_label, label="Model B",
+                                                      elem_id="model-b")
+                                temp_b = slider("temperature", "Temperature B", 0.05, 1.0)
+                        compare_btn = gr.Button("Compare", variant="primary", elem_id="compare-run")
+                        compare_status = gr.Markdown("", elem_id="compare-status")
+                        with gr.Row():
+                            out_a = gr.Textbox(lines=12, label="A", interactive=False, elem_id="out-a")
+                            out_b = gr.Textbox(lines=12, label="B", interactive=False, elem_id="out-b")
+                    with gr.Tab("Share & code", id="share"):
+                        share_btn = gr.Button("Make a share link", elem_id="share-make")
+                        link_query = gr.Textbox(visible=False)
+                        share_link = gr.Textbox(label="Link: opens this prompt, preset, model, every setting and "
+                                                "the seed", buttons=["copy"], interactive=False, elem_id="share-link")
+                        gr.Markdown("Code that repeats the last run (filled in after each run):")
+                        code_py = gr.Code("", language="python", label="Python with transformers",
+                                          elem_id="code-python", interactive=False)
+                        code_client = gr.Code("", language="python", label="Python with gradio_client",
+                                              elem_id="code-client", interactive=False)
+                        code_cli = gr.Code("", language="shell", label="Command line", elem_id="code-cli",
+                                           interactive=False)
+                        code_curl = gr.Code("", language="shell", label="curl", elem_id="code-curl",
+                                            interactive=False)
             with gr.Column(scale=2):
                 model = gr.Dropdown(catalog.labels, value=initial_label, label="Model", elem_id="model")
                 info = gr.Markdown(model_info(initial_label), elem_id="model-info")
@@ -218,56 +350,146 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
                     ngram = slider("no_repeat_ngram_size", "No-repeat n-gram size", 1, s.no_repeat_ngram_size)
                     stop_text = gr.Textbox(format_stop_text(s.stop), lines=2, label="Stop strings",
                                            info=f"one per line, at most {MAX_STOP_STRINGS}; type \\n for a newline")
-                    # A Textbox, not a Number: a Number renders an empty value as 0 and sends 0 from then on.
-                    seed = gr.Textbox("", label="Seed", placeholder="random", max_lines=1, elem_id="seed",
-                                      info=f"a whole number from 0 to {MAX_SEED}; empty = a new random seed each run")
-        gr.Examples([[p.prompt] for p in presets.values()], inputs=[prompt], label="Example prompts")
+                    with gr.Row():
+                        # A Textbox, not a Number: a Number renders an empty value as 0 and sends 0 from then on.
+                        seed = gr.Textbox("", label="Seed", placeholder="random", max_lines=1, elem_id="seed",
+                                          info=f"0 to {MAX_SEED}; empty = a new random seed each run", scale=3)
+                        reuse_btn = gr.Button("↻ Reuse the last seed", size="sm", elem_id="reuse-seed",
+                                              visible=False, scale=1)
         settings_inputs = [temperature, top_p, top_k, min_p, rep, ngram, max_new, stop_text, seed]
 
-        # -- events --
+        # -- presets --
+        def preset_settings(name):
+            t = presets[name].settings
+            return (t.temperature, t.top_p, t.top_k, t.min_p, t.repetition_penalty, t.no_repeat_ngram_size,
+                    t.max_new_tokens, format_stop_text(t.stop))
+
         def choose_preset(name):
             p = presets[name]
-            t = p.settings
-            return (p.description, p.prompt, t.temperature, t.top_p, t.top_k, t.min_p, t.repetition_penalty,
-                    t.no_repeat_ngram_size, t.max_new_tokens, format_stop_text(t.stop))
+            return (p.description, p.prompt, *preset_settings(name))
 
-        preset.change(choose_preset, preset, [preset_info, prompt] + settings_inputs[:-1],
-                      api_visibility="private")
+        # .input, not .change: a share link sets the preset without replacing the link's own values
+        preset.input(choose_preset, preset, [preset_info, prompt] + settings_inputs[:-1], api_visibility="private")
+        preset_reset.click(preset_settings, preset, settings_inputs[:-1], api_visibility="private", queue=False)
 
+        # -- the prompt meter --
+        def measure(label, text, wanted):
+            try:
+                lm = catalog.get(label)
+            except nucleus.ModelLoadError:
+                return ""
+            if not isinstance(text, str) or len(text) > MAX_PROMPT_CHARS:
+                return f"Prompt: over {MAX_PROMPT_CHARS:,} characters, which is more than this Space accepts"
+            n = len(encode_prompt(lm.tokenizer, text))
+            return prompt_meter(n, lm.context_length, int(wanted) if isinstance(wanted, (int, float)) else 0)
+
+        for trigger in (prompt.change, max_new.change, model.change):
+            trigger(measure, [model, prompt, max_new], meter, api_visibility="private", queue=False,
+                    trigger_mode="always_last")
+        demo.load(measure, [model, prompt, max_new], meter, api_visibility="private", queue=False)
+
+        # -- runs: Generate, Continue, Regenerate; Stop; Undo; Clear --
         def arm(request: gr.Request):
-            """Runs at the click, before the run is queued: a Stop from now on reaches this run."""
+            """Runs at the click, before the run is queued: a Stop from now on reaches this run.
+            A full queue is refused here, with the wait it would have meant."""
+            waiting = load["runs"]
+            if waiting >= QUEUE_SIZE:
+                raise gr.Error(f"The Space is busy: {waiting} runs are ahead of yours, about "
+                               f"{waiting * load['seconds'] / 60:.0f} min of work. Try again in a minute, or "
+                               "duplicate the Space to have one of your own.", print_exception=False)
+            load["runs"] += 1
             armed[request.session_hash if request else "local"].append(threading.Event())
 
-        def run(label, text, temperature, top_p, top_k, min_p, rep, ngram, max_new, stop_text, seed,
-                request: gr.Request):
-            session = request.session_hash if request else "local"
+        def claim(session: str) -> threading.Event:
             queue = armed.get(session)
             cancel = queue.popleft() if queue else threading.Event()
             if queue is not None and not queue:
                 armed.pop(session, None)
-            settings = _settings_from_ui(temperature, top_p, top_k, min_p, rep, ngram, max_new, stop_text, seed)
-            text = _check_prompt(text)
+            return cancel
+
+        def snapshot(text, shown, hist):
+            """Undo's step: the prompt and result as they were before this change."""
+            return [*hist, (text, shown)]
+
+        def run(label, text, temperature, top_p, top_k, min_p, rep, ngram, max_new, stop_text, seed,
+                request: gr.Request, fresh_seed: bool = False):
+            session = request.session_hash if request else "local"
+            cancel, began = claim(session), time.monotonic()
             try:
-                lm = catalog.get(label)
-            except nucleus.ModelLoadError as e:
-                raise _refuse(str(e)) from None
-            if cancel.is_set():   # Stop was pressed while this run waited in the queue
-                yield gr.skip(), "Stopped before it started.", gr.skip()
-                return
-            running[session] = cancel
-            try:
-                for update in nucleus.stream(lm, text, settings, cancel, max_seconds):
-                    yield shown_prompt(text, update) + update.text, _status(update), update.seed
+                settings = _settings_from_ui(temperature, top_p, top_k, min_p, rep, ngram, max_new, stop_text,
+                                             None if fresh_seed else seed)
+                text = _check_prompt(text)
+                try:
+                    lm = catalog.get(label)
+                except nucleus.ModelLoadError as e:
+                    raise _refuse(str(e)) from None
+                if cancel.is_set():   # Stop was pressed while this run waited in the queue
+                    yield gr.skip(), gr.skip(), "Stopped before it started.", gr.skip()
+                    return
+                running[session] = cancel
+                for update in nucleus.stream(lm, text, settings, cancel, max_seconds, record=10):
+                    seen = shown_prompt(text, update)
+                    if not update.done:
+                        yield seen + update.text, [(seen, None), (update.text, "generating")], _status(update), gr.skip()
+                        continue
+                    done = {"prompt": text, "shown_prompt": seen, "text": update.text, "model": label,
+                            "settings": settings.replace(seed=update.seed,
+                                                         max_new_tokens=update.max_new_tokens).to_dict(),
+                            "records": update.records, "source": lm.source, "dtype": str(lm.dtype),
+                            "quantized": lm.quantization != "none"}
+                    yield seen + update.text, token_entries(seen, update.records)[0], _status(update), done
             except SettingsError as e:
                 raise _refuse(str(e)) from None
             finally:
                 if running.get(session) is cancel:
                     del running[session]
+                load["runs"] = max(0, load["runs"] - 1)
+                load["seconds"] = 0.8 * load["seconds"] + 0.2 * (time.monotonic() - began)
 
-        run_event = run_btn.click(arm, None, None, queue=False, api_visibility="private").then(
-            _gpu_lease(run, lambda *a, **k: lease_seconds(a[8] if len(a) > 8 else None, max_seconds)),
-            [model, prompt] + settings_inputs, [output, status, last_seed],
-            api_visibility="private", concurrency_id="generate", concurrency_limit=CONCURRENCY)
+        def regenerate(label, text, temperature, top_p, top_k, min_p, rep, ngram, max_new, stop_text, seed,
+                       request: gr.Request):
+            """Regenerate: the same prompt and settings with a new random seed, whatever the seed box says."""
+            yield from run(label, text, temperature, top_p, top_k, min_p, rep, ngram, max_new, stop_text, seed,
+                           request, fresh_seed=True)
+
+        run_inputs = [model, prompt] + settings_inputs
+        run_outputs = [output, tokens, status, last_run]
+        lease = lambda *a, **k: lease_seconds(a[8] if len(a) > 8 else None, max_seconds)  # noqa: E731
+        queued = dict(api_visibility="private", concurrency_id="generate", concurrency_limit=CONCURRENCY)
+
+        def after_run(done, which_view, request: gr.Request):
+            """Once a run ends: the token view, the Markdown view, the code panel, the seed button."""
+            if not done:
+                return (gr.skip(),) * 9
+            entries, index = token_entries(done["shown_prompt"], done["records"])
+            st = SamplingSettings.from_dict({**done["settings"], "stop": done["settings"]["stop"]})
+            space = os.environ.get("SPACE_ID") or (f"http://{request.headers.get('host', '127.0.0.1:7860')}/"
+                                                   if request else "http://127.0.0.1:7860/")
+            code = snippets(done["prompt"], st, done["source"], done["model"], space,
+                            done["dtype"].removeprefix("torch."), done["quantized"])
+            return (entries, index, md_literal(done["shown_prompt"] + done["text"]), code["python"],
+                    code["gradio_client"], code["cli"], code["curl"], gr.Button(visible=True),
+                    "Select a token above to see its candidates.")
+
+        after_outputs = [tokens, token_map, rendered, code_py, code_client, code_cli, code_curl, reuse_btn,
+                         inspect_md]
+        for button, fn in ((run_btn, run), (regen_btn, regenerate)):
+            button.click(snapshot, [prompt, output, history], history, queue=False, api_visibility="private").then(
+                arm, None, None, queue=False, api_visibility="private").then(
+                _gpu_lease(fn, lease), run_inputs, run_outputs, **queued).then(
+                after_run, [last_run, view], after_outputs, api_visibility="private", queue=False)
+
+        def prepare_continue(text, done, hist):
+            """Continue: the whole text so far becomes the prompt."""
+            if not done:
+                raise _refuse("Continue needs a finished run: press Generate first.")
+            return done["prompt"] + done["text"], snapshot(text, done["shown_prompt"] + done["text"], hist)
+
+        continue_btn.click(prepare_continue, [prompt, last_run, history], [prompt, history], queue=False,
+                           api_visibility="private").then(
+            arm, None, None, queue=False, api_visibility="private").then(
+            _gpu_lease(run, lease), run_inputs, run_outputs, **queued).then(
+            after_run, [last_run, view], after_outputs, api_visibility="private", queue=False)
 
         def stop(request: gr.Request):
             """Set the flags; the run ends within one token and writes the final status itself, so
@@ -278,11 +500,108 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
                     flag.set()
 
         stop_btn.click(stop, None, None, api_visibility="private", queue=False)
-        clear_btn.click(lambda: ("", "", ""), None, [prompt, output, status], api_visibility="private",
-                        queue=False)
-        reuse_btn.click(lambda v: "" if v is None else str(v), last_seed, seed, api_visibility="private",
-                        queue=False)
 
+        def undo(hist):
+            """Back one step: the prompt as it was before the last Generate, Continue or Clear."""
+            if not hist:
+                return gr.skip(), gr.skip(), gr.skip(), "Nothing to undo.", hist, None
+            text, shown = hist[-1]
+            return text, shown, [(shown, None)] if shown else [], "Undone.", hist[:-1], None
+
+        undo_btn.click(undo, history, [prompt, output, tokens, status, history, last_run], queue=False,
+                       api_visibility="private")
+        clear_btn.click(lambda text, shown, hist: ("", "", [], "", snapshot(text, shown, hist), None),
+                        [prompt, output, history], [prompt, output, tokens, status, history, last_run],
+                        api_visibility="private", queue=False)
+        reuse_btn.click(lambda done: str(done["settings"]["seed"]) if done else gr.skip(), last_run, seed,
+                        api_visibility="private", queue=False)
+
+        # -- result views and the token inspector --
+        # "hidden" keeps a view in the page (its text stays readable and copyable), just not shown
+        view.change(lambda v: [gr.update(visible=True if v == name else "hidden") for name in VIEWS], view,
+                    [tokens, output, rendered],
+                    api_visibility="private", queue=False)
+
+        def inspect(done, index, evt: gr.SelectData):
+            if not done or evt.index is None or not isinstance(evt.index, int) or evt.index >= len(index):
+                return gr.skip(), gr.skip()
+            i = index[evt.index]
+            if i < 0:
+                return "That is your prompt: select a generated token.", []
+            return inspect_step(done["records"][i], i, done["settings"])
+
+        tokens.select(inspect, [last_run, token_map], [inspect_md, inspect_table], api_visibility="private",
+                      queue=False)
+
+        # -- compare --
+        def compare(label_a, t_a, label_b, t_b, text, temperature, top_p, top_k, min_p, rep, ngram, max_new,
+                    stop_text, seed, request: gr.Request):
+            session = request.session_hash if request else "local"
+            cancel, began = claim(session), time.monotonic()
+            try:
+                base = _settings_from_ui(temperature, top_p, top_k, min_p, rep, ngram, max_new, stop_text, seed)
+                base = base.replace(seed=base.seed if base.seed is not None else random.randrange(2**31))
+                text = _check_prompt(text)
+                columns = ["", ""]
+                running[session] = cancel
+                for col, (label, t) in enumerate(((label_a, t_a), (label_b, t_b))):
+                    try:
+                        lm, settings = catalog.get(label), base.replace(temperature=t)
+                    except (nucleus.ModelLoadError, SettingsError) as e:
+                        raise _refuse(str(e)) from None
+                    for update in nucleus.stream(lm, text, settings, cancel, max_seconds):
+                        columns[col] = shown_prompt(text, update) + update.text
+                        head = f"{'AB'[col]}: {label}, temperature {t:g} · "
+                        yield columns[0], columns[1], head + _status(update)
+                    if cancel.is_set():
+                        return
+            finally:
+                if running.get(session) is cancel:
+                    del running[session]
+                load["runs"] = max(0, load["runs"] - 1)
+                load["seconds"] = 0.8 * load["seconds"] + 0.2 * (time.monotonic() - began)
+
+        compare_btn.click(arm, None, None, queue=False, api_visibility="private").then(
+            _gpu_lease(compare, lambda *a, **k: max_seconds * 2), [model_a, temp_a, model_b, temp_b, prompt]
+            + settings_inputs, [out_a, out_b, compare_status], **queued)
+
+        # -- share links --
+        def make_link(text, preset_name, label, temperature, top_p, top_k, min_p, rep, ngram, max_new, stop_text,
+                      seed, done):
+            settings = _settings_from_ui(temperature, top_p, top_k, min_p, rep, ngram, max_new, stop_text, seed)
+            if settings.seed is None and done:   # the seed the last run drew, so the link repeats it
+                settings = settings.replace(seed=done["settings"]["seed"])
+            return share_query(text if isinstance(text, str) else "", settings, label, preset_name)
+
+        share_btn.click(make_link, [prompt, preset, model] + settings_inputs + [last_run], link_query,
+                        api_visibility="private", queue=False).then(
+            None, link_query, share_link, js="(q) => window.location.origin + window.location.pathname + q")
+
+        def restore(request: gr.Request):
+            """Fill the page from a share link's query parameters, each validated; say what was ignored."""
+            params = dict(request.query_params) if request else {}
+            outputs = [preset, preset_info, prompt, model] + settings_inputs + [link_note]
+            if not params or not any(k in params for k in ("prompt", "preset", "model", *BOUNDS)):
+                return {c: gr.skip() for c in outputs}
+            query = {k: request.query_params.getlist(k) for k in request.query_params}
+            got = read_query(query, set(presets), set(catalog.labels), MAX_PROMPT_CHARS)
+            values = {preset: got.preset or gr.skip(),
+                      preset_info: presets[got.preset].description if got.preset else gr.skip(),
+                      prompt: got.prompt if got.prompt is not None else gr.skip(),
+                      model: got.model or gr.skip(),
+                      stop_text: format_stop_text(got.values["stop"]) if "stop" in got.values else gr.skip(),
+                      seed: str(got.values["seed"]) if "seed" in got.values else gr.skip(),
+                      link_note: ("⚠️ Ignored from the link: " + "; ".join(md_literal(x) for x in got.ignored))
+                      if got.ignored else ""}
+            for name, comp in zip(("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+                                   "no_repeat_ngram_size", "max_new_tokens"), settings_inputs):
+                values[comp] = got.values[name] if name in got.values else gr.skip()
+            return values
+
+        demo.load(restore, None, [preset, preset_info, prompt, model] + settings_inputs + [link_note],
+                  api_visibility="private", queue=False)
+
+        # -- model choice --
         def switch_model(label, wanted):
             try:
                 limit = _max_new_limit(catalog.get(label))
@@ -388,7 +707,7 @@ def main(args: argparse.Namespace) -> None:
              args.max_seconds)
     demo = build_demo(catalog, why, fallback, args.max_seconds)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
-    demo.launch(server_name=args.host, server_port=args.port, theme=gr.themes.Soft())
+    demo.launch(server_name=args.host, server_port=args.port, theme=gr.themes.Soft(), css=CSS)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ class Update:
     warning: str | None = None         # e.g. max new tokens lowered, or the prompt cut to fit the context
     prompt_start: int = 0              # the model saw prompt[prompt_start:] (> 0 only when it was cut)
     records: tuple[TokenRecord, ...] = ()   # per shown token, on the last update of a run with record > 0
+    max_new_tokens: int = 0            # what the run may generate: the setting, or less to fit the context
 
     @property
     def tokens_per_second(self) -> float:
@@ -237,7 +238,7 @@ def stream(lm: LoadedModel, prompt: str, settings: SamplingSettings,
             if stopped:
                 break  # the token-level stop_strings criterion has usually ended the run already
             yield Update(shown, n_new, time.perf_counter() - start, seed, warning=fit.warning,
-                         prompt_start=prompt_start)
+                         prompt_start=prompt_start, max_new_tokens=fit.max_new_tokens)
         finished = not stopped
     finally:
         # Stop string, or the consumer abandoned us (GeneratorExit): end the worker within one token.
@@ -270,7 +271,8 @@ def stream(lm: LoadedModel, prompt: str, settings: SamplingSettings,
             at += len(texts[keep])
             keep += 1
         records = with_texts(recorder.records[:keep], texts[:keep])
-    yield Update(shown, max(control.tokens, n_new), elapsed, seed, True, reason, fit.warning, prompt_start, records)
+    yield Update(shown, max(control.tokens, n_new), elapsed, seed, True, reason, fit.warning, prompt_start, records,
+                 fit.max_new_tokens)
 
 
 def generate(lm: LoadedModel, prompt: str, settings: SamplingSettings,

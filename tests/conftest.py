@@ -50,3 +50,31 @@ def long_dir(tiny_dir, tmp_path_factory) -> Path:
     cfg.update(max_position_embeddings=8192, sliding_window=8192)
     (folder / "config.json").write_text(json.dumps(cfg))
     return folder
+
+
+def write_parrot_checkpoint(folder: Path, prompt: str, text: str) -> Path:
+    """A tiny model steered to continue `prompt` with exactly `text`, then </s>: attention and MLP
+    outputs are zeroed, so the last hidden state is the current token's embedding, and each
+    token's embedding points the output layer at the next token of the chain. The chain's
+    tokens must be distinct (a bigram chain cannot branch)."""
+    import torch
+
+    from nucleus import architecture
+    from nucleus.tokenizer import encode_prompt, load_tokenizer
+
+    tok = load_tokenizer()
+    chain = encode_prompt(tok, prompt)[-1:] + tok(text, add_special_tokens=False).input_ids + [tok.eos_token_id]
+    assert len(set(chain)) == len(chain), "the chain's tokens must be distinct"
+    model = architecture.build("tiny", seed=0)
+    hidden = model.config.hidden_size
+    assert len(chain) <= hidden
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        for k, (this, nxt) in enumerate(zip(chain, chain[1:])):
+            model.model.embed_tokens.weight[this] = torch.nn.functional.one_hot(torch.tensor(k), hidden).float()
+            model.lm_head.weight[nxt] = 100.0 * torch.nn.functional.one_hot(torch.tensor(k), hidden).float()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

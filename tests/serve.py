@@ -19,9 +19,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(model_dir, timeout: float = 90):
+def running_app(model_dir, timeout: float = 90, **extra_env):
     port = free_port()
-    env = {**os.environ, "NUCLEUS_MODEL": str(model_dir), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "NUCLEUS_MODEL": str(model_dir), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           **extra_env}
     env.pop("SPACE_ID", None)
     log = open(ROOT / "tests" / "artifacts" / f"app-{port}.log", "w")
     proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--host", "127.0.0.1"],
