@@ -284,13 +284,13 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
                         preset_info = gr.Markdown(first.description)
                         prompt = gr.Textbox(first.prompt, lines=5, max_lines=20, label="Prompt", elem_id="prompt")
                         meter = gr.Markdown("", elem_id="meter")
-                        with gr.Row():
-                            run_btn = gr.Button("Generate", variant="primary", elem_id="generate")
-                            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
-                            continue_btn = gr.Button("Continue", elem_id="continue")
-                            regen_btn = gr.Button("Regenerate", elem_id="regenerate")
-                            undo_btn = gr.Button("Undo", elem_id="undo")
-                            clear_btn = gr.Button("Clear", elem_id="clear")
+                        with gr.Row():   # min_width: three to a line on a phone, so the status stays in view
+                            run_btn = gr.Button("Generate", variant="primary", elem_id="generate", min_width=96)
+                            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop", min_width=96)
+                            continue_btn = gr.Button("Continue", elem_id="continue", min_width=96)
+                            regen_btn = gr.Button("Regenerate", elem_id="regenerate", min_width=96)
+                            undo_btn = gr.Button("Undo", elem_id="undo", min_width=96)
+                            clear_btn = gr.Button("Clear", elem_id="clear", min_width=96)
                         status = gr.Markdown("", elem_id="status")
                         view = gr.Radio(list(VIEWS), value=VIEWS[0], label="Show the result as", elem_id="view")
                         tokens = gr.HighlightedText([], label="Prompt + continuation (colour: the model's "
