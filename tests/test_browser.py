@@ -100,3 +100,25 @@ def test_phone_width_screenshot(site):
     _, status = run_to_end(page, 12)
     assert "12 tokens" in status
     page.screenshot(path=str(ARTIFACTS / "space-phone.png"), full_page=True)
+
+
+def test_the_page_joins_prompt_and_continuation_like_the_decoded_sequence(site, tiny_lm):
+    """The first generated word keeps its space on the page too (the long-context model has the
+    tiny model's weights, so plain transformers on tiny_lm is the reference)."""
+    import torch
+
+    from nucleus.tokenizer import encode_prompt
+    page = open_page(site)
+    prompt = "One night,"
+    page.locator("#prompt textarea").fill(prompt)
+    for label, value in (("Temperature", "0"), ("Repetition penalty", "1")):
+        box = page.locator(f"input[aria-label='number input for {label}']")
+        box.fill(value)
+        box.press("Enter")
+        expect(box).to_have_value(value)
+    text, _ = run_to_end(page, 12)
+    ids = torch.tensor([encode_prompt(tiny_lm.tokenizer, prompt)])
+    with torch.no_grad():
+        full = tiny_lm.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                      max_new_tokens=12, pad_token_id=2)
+    assert text == tiny_lm.tokenizer.decode(full[0], skip_special_tokens=True)
