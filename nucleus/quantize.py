@@ -39,7 +39,8 @@ MODES = ("auto", "int8", "none")
 QUANT_BLOCK_ELEMS = 4 * 2**20    # weights quantised at once: two fp32 blocks of 16 MB
 # Prefill de-quantises this many bytes of weight rows at a time. Measured on the 1.13B, 512-token
 # prompt, CPU time of one thread: 2.36 s with a whole-weight buffer, 2.36 s with 16 MB blocks,
-# 2.57 s with 4 MB blocks (down_proj's 14336-wide rows make 4 MB only 146 rows: a poor matmul).
+# 2.57 s with 4 MB blocks computed as y.T; per layer, small blocks lose most on down_proj, whose
+# 14336-wide rows make 4 MB only 146 rows: a poor matmul shape.
 PREFILL_BLOCK_BYTES = 16 * 2**20
 
 
