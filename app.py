@@ -31,7 +31,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=float(os.environ.get("NUCLEUS_MAX_SECONDS", 60)),
                    help="time limit of one request in seconds, prefill included (default: NUCLEUS_MAX_SECONDS "
                         "or 60); a run that reaches it ends with the finish reason 'time limit'")
+    p.add_argument("--backend", default=os.environ.get("NUCLEUS_BACKEND"),
+                   help="URL of an OpenAI-compatible engine (vLLM, SGLang, llama.cpp's server, transformers serve) "
+                        "that generates instead of a local model, e.g. http://127.0.0.1:8000/v1 "
+                        "(default: NUCLEUS_BACKEND)")
+    p.add_argument("--backend-engine", default=os.environ.get("NUCLEUS_BACKEND_ENGINE", "auto"),
+                   choices=["auto", "vllm", "sglang", "llama.cpp", "transformers"],
+                   help="which engine --backend is, for the settings only some engines take (default: auto, "
+                        "from the engine's /v1/models)")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="generations at once (default: 1 locally, 8 with --backend: the engine batches them)")
     args = p.parse_args(argv)
+    if args.concurrency is not None and args.concurrency < 1:
+        p.error(f"--concurrency must be at least 1, got {args.concurrency}")
     if not args.max_seconds > 0:
         p.error(f"--max-seconds must be > 0, got {args.max_seconds:g}")
     return args
@@ -55,6 +67,7 @@ import nucleus  # noqa: E402
 from nucleus import loading  # noqa: E402
 from nucleus.settings import (BOUNDS, MAX_SEED, MAX_STOP_STRINGS, SamplingSettings,  # noqa: E402
                               SettingsError, format_stop_text, parse_stop_text)
+from nucleus.remote import RemoteCatalog, RemoteError, connect  # noqa: E402
 from nucleus.reproduce import read_query, share_query, snippets  # noqa: E402
 from nucleus.tokenizer import encode_prompt  # noqa: E402
 from nucleus.tokenview import check_logprobs, openai_logprobs  # noqa: E402
@@ -64,6 +77,7 @@ log = logging.getLogger("nucleus.space")
 # ---- limits -----------------------------------------------------------------------------------
 CONCURRENCY = 1            # generations at once per replica: on CPU a second one only halves both
 QUEUE_SIZE = 16            # requests waiting beyond that are turned away with a "queue full" message
+REMOTE_CONCURRENCY = 8     # with a remote engine (--backend): it batches requests, so more may run at once
 MAX_PROMPT_CHARS = 16_000  # longer prompts are refused; a prompt longer than the context is cut, with a note
 MAX_SECONDS = 60.0         # default time limit per request (--max-seconds / NUCLEUS_MAX_SECONDS)
 API_UPDATE_SECONDS = 0.5   # /generate sends progress this often (and notices a dropped client)
@@ -172,6 +186,7 @@ def notice_for(catalog: nucleus.ModelCatalog, label: str, fallback: str = "") ->
 BUCKETS = (("p ≥ 0.5", 0.5), ("0.2 – 0.5", 0.2), ("0.05 – 0.2", 0.05), ("< 0.05", 0.0))
 BUCKET_COLORS = {"p ≥ 0.5": "#bbf7d0", "0.2 – 0.5": "#fef08a", "0.05 – 0.2": "#fed7aa", "< 0.05": "#fecaca"}
 VIEWS = ("Tokens", "Plain text", "Markdown")
+NOW = "() => Date.now()"   # a click's time on the browser's clock (ms), for ordering Stop against Generate
 
 
 def bucket(p: float) -> str:
@@ -242,7 +257,7 @@ CSS = "#output textarea { font-family: ui-monospace, SFMono-Regular, Menlo, mono
 
 
 def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str = "",
-               max_seconds: float = MAX_SECONDS) -> gr.Blocks:
+               max_seconds: float = MAX_SECONDS, concurrency: int = CONCURRENCY) -> gr.Blocks:
     presets = nucleus.load_presets()
     first = presets.get(DEFAULT_PRESET) or next(iter(presets.values()))
     initial_label = catalog.labels[0]
@@ -250,6 +265,7 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
     # they start) and the running one. Stop sets them all; the run itself writes the final status.
     armed: dict[str, collections.deque[threading.Event]] = collections.defaultdict(collections.deque)
     running: dict[str, threading.Event] = {}
+    stopped_at: dict[str, float] = {}     # session -> browser clock (ms) of its last Stop click
     load = {"runs": 0, "seconds": 10.0}   # runs armed but not finished (all visitors), mean run time
 
     def model_info(label: str) -> str:
@@ -269,6 +285,7 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
         link_note = gr.Markdown("", elem_id="link-note")
         if os.environ.get("SPACE_ID"):
             gr.DuplicateButton(value="Duplicate this Space to run it privately")
+        clock = gr.Number(visible=False)   # carries the browser's click time (js=NOW) to arm and stop
         history = gr.State([])        # Undo: earlier (prompt, text, status) of this visitor, newest last
         last_run = gr.State(None)     # the last finished run: prompt, text, settings, seed, model, records
         token_map = gr.State([])      # token view entry -> record index
@@ -389,16 +406,22 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
         demo.load(measure, [model, prompt, max_new], meter, api_visibility="private", queue=False)
 
         # -- runs: Generate, Continue, Regenerate; Stop; Undo; Clear --
-        def arm(request: gr.Request):
-            """Runs at the click, before the run is queued: a Stop from now on reaches this run.
+        def arm(clicked_ms, request: gr.Request):
+            """Runs first at the click, before the run is queued: a Stop from now on reaches this run.
+            `clicked_ms` is the browser's clock at the click: a Stop clicked after it whose request
+            overtook this one (two requests, either may land first) still stops the run.
             A full queue is refused here, with the wait it would have meant."""
+            session = request.session_hash if request else "local"
             waiting = load["runs"]
-            if waiting >= QUEUE_SIZE:
+            if waiting >= QUEUE_SIZE * concurrency:
                 raise gr.Error(f"The Space is busy: {waiting} runs are ahead of yours, about "
                                f"{waiting * load['seconds'] / 60:.0f} min of work. Try again in a minute, or "
                                "duplicate the Space to have one of your own.", print_exception=False)
             load["runs"] += 1
-            armed[request.session_hash if request else "local"].append(threading.Event())
+            flag = threading.Event()
+            if isinstance(clicked_ms, (int, float)) and stopped_at.get(session, -math.inf) >= clicked_ms:
+                flag.set()
+            armed[session].append(flag)
 
         def claim(session: str) -> threading.Event:
             queue = armed.get(session)
@@ -427,18 +450,19 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
                     yield gr.skip(), gr.skip(), "Stopped before it started.", gr.skip()
                     return
                 running[session] = cancel
-                for update in nucleus.stream(lm, text, settings, cancel, max_seconds, record=10):
+                local = isinstance(lm, nucleus.LoadedModel)   # a remote engine gives no per-token records
+                for update in nucleus.stream(lm, text, settings, cancel, max_seconds, record=10 if local else 0):
                     seen = shown_prompt(text, update)
                     if not update.done:
                         yield seen + update.text, [(seen, None), (update.text, "generating")], _status(update), gr.skip()
                         continue
-                    done = {"prompt": text, "shown_prompt": seen, "text": update.text, "model": label,
+                    done = {"prompt": text, "shown_prompt": seen, "text": update.text, "model": label, "remote": not local,
                             "settings": settings.replace(seed=update.seed,
                                                          max_new_tokens=update.max_new_tokens).to_dict(),
                             "records": update.records, "source": lm.source, "dtype": str(lm.dtype),
                             "quantized": lm.quantization != "none"}
                     yield seen + update.text, token_entries(seen, update.records)[0], _status(update), done
-            except SettingsError as e:
+            except (SettingsError, RemoteError) as e:
                 raise _refuse(str(e)) from None
             finally:
                 if running.get(session) is cancel:
@@ -455,7 +479,7 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
         run_inputs = [model, prompt] + settings_inputs
         run_outputs = [output, tokens, status, last_run]
         lease = lambda *a, **k: lease_seconds(a[8] if len(a) > 8 else None, max_seconds)  # noqa: E731
-        queued = dict(api_visibility="private", concurrency_id="generate", concurrency_limit=CONCURRENCY)
+        queued = dict(api_visibility="private", concurrency_id="generate", concurrency_limit=concurrency)
 
         def after_run(done, which_view, request: gr.Request):
             """Once a run ends: the token view, the Markdown view, the code panel, the seed button."""
@@ -467,39 +491,42 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
                                                    if request else "http://127.0.0.1:7860/")
             code = snippets(done["prompt"], st, done["source"], done["model"], space,
                             done["dtype"].removeprefix("torch."), done["quantized"])
+            hint = ("The inference engine behind this Space gives no per-token records: the token view is "
+                    "plain text." if done["remote"] else "Select a token above to see its candidates.")
             return (entries, index, md_literal(done["shown_prompt"] + done["text"]), code["python"],
-                    code["gradio_client"], code["cli"], code["curl"], gr.Button(visible=True),
-                    "Select a token above to see its candidates.")
+                    code["gradio_client"], code["cli"], code["curl"], gr.Button(visible=True), hint)
 
         after_outputs = [tokens, token_map, rendered, code_py, code_client, code_cli, code_curl, reuse_btn,
                          inspect_md]
         for button, fn in ((run_btn, run), (regen_btn, regenerate)):
-            button.click(snapshot, [prompt, output, history], history, queue=False, api_visibility="private").then(
-                arm, None, None, queue=False, api_visibility="private").then(
+            button.click(arm, clock, None, js=NOW, queue=False, api_visibility="private").then(
+                snapshot, [prompt, output, history], history, queue=False, api_visibility="private").then(
                 _gpu_lease(fn, lease), run_inputs, run_outputs, **queued).then(
                 after_run, [last_run, view], after_outputs, api_visibility="private", queue=False)
 
         def prepare_continue(text, done, hist):
-            """Continue: the whole text so far becomes the prompt."""
+            """Continue: the whole text so far becomes the prompt (before any run: the prompt as it is)."""
             if not done:
-                raise _refuse("Continue needs a finished run: press Generate first.")
+                return text, hist
             return done["prompt"] + done["text"], snapshot(text, done["shown_prompt"] + done["text"], hist)
 
-        continue_btn.click(prepare_continue, [prompt, last_run, history], [prompt, history], queue=False,
-                           api_visibility="private").then(
-            arm, None, None, queue=False, api_visibility="private").then(
+        continue_btn.click(arm, clock, None, js=NOW, queue=False, api_visibility="private").then(
+            prepare_continue, [prompt, last_run, history], [prompt, history], queue=False,
+            api_visibility="private").then(
             _gpu_lease(run, lease), run_inputs, run_outputs, **queued).then(
             after_run, [last_run, view], after_outputs, api_visibility="private", queue=False)
 
-        def stop(request: gr.Request):
+        def stop(clicked_ms, request: gr.Request):
             """Set the flags; the run ends within one token and writes the final status itself, so
             Stop and the last streamed update can never race for the status line."""
             session = request.session_hash if request else "local"
+            if isinstance(clicked_ms, (int, float)):
+                stopped_at[session] = clicked_ms
             for flag in (*armed.get(session, ()), running.get(session)):
                 if flag is not None:
                     flag.set()
 
-        stop_btn.click(stop, None, None, api_visibility="private", queue=False)
+        stop_btn.click(stop, clock, None, js=NOW, api_visibility="private", queue=False)
 
         def undo(hist):
             """Back one step: the prompt as it was before the last Generate, Continue or Clear."""
@@ -549,10 +576,13 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
                         lm, settings = catalog.get(label), base.replace(temperature=t)
                     except (nucleus.ModelLoadError, SettingsError) as e:
                         raise _refuse(str(e)) from None
-                    for update in nucleus.stream(lm, text, settings, cancel, max_seconds):
-                        columns[col] = shown_prompt(text, update) + update.text
-                        head = f"{'AB'[col]}: {label}, temperature {t:g} · "
-                        yield columns[0], columns[1], head + _status(update)
+                    try:
+                        for update in nucleus.stream(lm, text, settings, cancel, max_seconds):
+                            columns[col] = shown_prompt(text, update) + update.text
+                            head = f"{'AB'[col]}: {label}, temperature {t:g} · "
+                            yield columns[0], columns[1], head + _status(update)
+                    except (SettingsError, RemoteError) as e:
+                        raise _refuse(str(e)) from None
                     if cancel.is_set():
                         return
             finally:
@@ -561,7 +591,7 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
                 load["runs"] = max(0, load["runs"] - 1)
                 load["seconds"] = 0.8 * load["seconds"] + 0.2 * (time.monotonic() - began)
 
-        compare_btn.click(arm, None, None, queue=False, api_visibility="private").then(
+        compare_btn.click(arm, clock, None, js=NOW, queue=False, api_visibility="private").then(
             _gpu_lease(compare, lambda *a, **k: max_seconds * 2), [model_a, temp_a, model_b, temp_b, prompt]
             + settings_inputs, [out_a, out_b, compare_status], **queued)
 
@@ -642,7 +672,8 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
                 raise _refuse(str(e)) from None
             sent, update = 0.0, None
             try:
-                record = max(k, 10) if k else 0
+                local = isinstance(lm, nucleus.LoadedModel)   # a remote engine returns its own logprobs
+                record = (max(k, 10) if local else k) if k else 0
                 with contextlib.closing(nucleus.stream(lm, text, settings, max_time=max_seconds,
                                                        record=record)) as updates:
                     for update in updates:
@@ -652,8 +683,9 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
                                    "tokens_per_second": round(update.tokens_per_second, 2),
                                    "finish_reason": update.finish_reason, "warning": update.warning,
                                    "prompt_start": update.prompt_start, "model": lm.name,
-                                   "logprobs": openai_logprobs(update.records, k) if k and update.done else None}
-            except SettingsError as e:
+                                   "logprobs": (openai_logprobs(update.records, k) if local else update.logprobs)
+                                   if k and update.done else None}
+            except (SettingsError, RemoteError) as e:
                 raise _refuse(str(e)) from None
             finally:   # a dropped client closes this generator: closing the stream stopped the run
                 if update is not None:
@@ -669,7 +701,7 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
             return catalog.labels
 
         gr.api(_gpu_lease(generate, lambda *a, **k: lease_seconds(k.get("max_new_tokens", 200), max_seconds)),
-               api_name="generate", concurrency_id="generate", concurrency_limit=CONCURRENCY)
+               api_name="generate", concurrency_id="generate", concurrency_limit=concurrency)
         gr.api(list_presets, api_name="presets", queue=False)
         gr.api(list_models, api_name="models", queue=False)
     return demo
@@ -679,6 +711,9 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
 def open_catalog(args) -> tuple[nucleus.ModelCatalog, str, str]:
     """(catalog with its first model loaded, why that model, fallback note). A model the user named
     that fails to load is fatal; the automatically chosen Hub model falls back to the bundled one."""
+    if args.backend:
+        why = "NUCLEUS_BACKEND" if os.environ.get("NUCLEUS_BACKEND") == args.backend else "--backend flag"
+        return RemoteCatalog(connect(args.backend, args.backend_engine)), why, ""
     source, why = nucleus.resolve_model(args.model)
     try:
         catalog = nucleus.ModelCatalog(source, args.device, args.dtype, quantize=args.quantize)
@@ -703,10 +738,11 @@ def main(args: argparse.Namespace) -> None:
     except nucleus.ModelLoadError as e:
         sys.exit(f"error: {e}")
     lm = catalog.get(catalog.labels[0])
-    log.info("serving %s, chosen by %s: %s; time limit %gs per request", lm.source, why, lm.describe(),
-             args.max_seconds)
-    demo = build_demo(catalog, why, fallback, args.max_seconds)
-    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
+    concurrency = args.concurrency or (REMOTE_CONCURRENCY if args.backend else CONCURRENCY)
+    log.info("serving %s, chosen by %s: %s; time limit %gs per request; %d at once", lm.source, why, lm.describe(),
+             args.max_seconds, concurrency)
+    demo = build_demo(catalog, why, fallback, args.max_seconds, concurrency)
+    demo.queue(max_size=QUEUE_SIZE * concurrency, default_concurrency_limit=concurrency)
     demo.launch(server_name=args.host, server_port=args.port, theme=gr.themes.Soft(), css=CSS)
 
 

@@ -38,6 +38,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         sp.add_argument("--model", help="Hub id or local folder (default: NUCLEUS_MODEL, Hub, bundled nano)")
         sp.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
         sp.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default: auto)")
+        sp.add_argument("--backend", default=os.environ.get("NUCLEUS_BACKEND"),
+                        help="URL of an OpenAI-compatible engine that generates instead of a local model "
+                             "(default: NUCLEUS_BACKEND), e.g. http://127.0.0.1:8000/v1")
+        sp.add_argument("--backend-engine", default=os.environ.get("NUCLEUS_BACKEND_ENGINE", "auto"),
+                        choices=["auto", "vllm", "sglang", "llama.cpp", "transformers"])
         sp.add_argument("--quantize", default=os.environ.get("NUCLEUS_QUANTIZE", "auto"),
                         choices=["auto", "int8", "none"],
                         help="int8 weights for fast CPU decoding (default: NUCLEUS_QUANTIZE or auto = on CPU "
@@ -82,11 +87,12 @@ def main(argv=None) -> int:
         return 0
 
     from .generation import stream
+    from .remote import RemoteError, RemoteModel, connect
     from .tokenview import check_logprobs, openai_logprobs
     from .loading import ModelLoadError, inspect, load, resolve_model
 
     try:
-        source, why = resolve_model(args.model)
+        source, why = (args.backend, "--backend") if args.backend else resolve_model(args.model)
         if args.command == "generate":
             presets = load_presets()
             if args.preset and args.preset not in presets:
@@ -100,7 +106,12 @@ def main(argv=None) -> int:
             check_logprobs(args.logprobs)
             if args.max_seconds is not None and not args.max_seconds > 0:
                 raise SettingsError("max_seconds", f"must be > 0, got {args.max_seconds:g}")
-            lm = load(source, args.device, args.dtype, args.quantize)
+            lm = (connect(args.backend, args.backend_engine) if args.backend
+                  else load(source, args.device, args.dtype, args.quantize))
+        elif args.backend:
+            rm = connect(args.backend, args.backend_engine)
+            facts = {"path": rm.base_url, "parameters": 0, "device": "remote", "dtype": "-", "weights": rm.engine,
+                     "context": rm.context_length}
         else:   # info: read from the config, without loading the weights
             facts = inspect(source, args.device, args.dtype, args.quantize)
     except (ModelLoadError, SettingsError) as e:
@@ -115,20 +126,21 @@ def main(argv=None) -> int:
     if not args.logprobs:
         sys.stdout.write(prompt)
     shown = 0
+    remote = isinstance(lm, RemoteModel)
     try:
         for update in stream(lm, prompt, settings, max_time=args.max_seconds,
-                             record=max(args.logprobs, 10) if args.logprobs else 0):
+                             record=(args.logprobs if remote else max(args.logprobs, 10)) if args.logprobs else 0):
             if not args.logprobs:
                 sys.stdout.write(update.text[shown:])
                 sys.stdout.flush()
                 shown = len(update.text)
         if args.logprobs:
-            lp = openai_logprobs(update.records, args.logprobs)
+            lp = update.logprobs if remote else openai_logprobs(update.records, args.logprobs)
             for token, logprob, top, offset in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"],
                                                    lp["text_offset"]):
                 print(json.dumps({"token": token, "logprob": logprob, "top_logprobs": top, "text_offset": offset},
                                  ensure_ascii=False))
-    except SettingsError as e:
+    except (SettingsError, RemoteError) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the stream's cleanup has already stopped the worker

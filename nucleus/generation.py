@@ -32,6 +32,7 @@ from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 from .loading import LoadedModel
+from .remote import RemoteModel, stream_remote
 from .settings import SamplingSettings, SettingsError
 from .tokenizer import encode_prompt
 from .tokenview import Recorder, TokenRecord, with_texts
@@ -53,6 +54,7 @@ class Update:
     prompt_start: int = 0              # the model saw prompt[prompt_start:] (> 0 only when it was cut)
     records: tuple[TokenRecord, ...] = ()   # per shown token, on the last update of a run with record > 0
     max_new_tokens: int = 0            # what the run may generate: the setting, or less to fit the context
+    logprobs: dict | None = None       # OpenAI-shaped log-probabilities a remote engine returned (nucleus/remote.py)
 
     @property
     def tokens_per_second(self) -> float:
@@ -184,11 +186,15 @@ def stream(lm: LoadedModel, prompt: str, settings: SamplingSettings,
     """Yield `Update`s as text arrives; the last one has done=True.
     max_time: seconds the run may take (prefill included); it then ends with finish_reason "time".
     record: keep a TokenRecord per token with this many top candidates (0 = off); the last
-    update carries them."""
+    update carries them. With a RemoteModel (nucleus/remote.py) the engine generates; `record`
+    then asks it for that many log-probability alternatives per token (Update.logprobs)."""
     if not isinstance(prompt, str):
         raise SettingsError("prompt", f"expected text, got {type(prompt).__name__}")
     if max_time is not None and not max_time > 0:
         raise ValueError(f"max_time must be > 0 seconds, got {max_time!r}")
+    if isinstance(lm, RemoteModel):   # an inference engine elsewhere: no per-token records, its own logprobs
+        yield from stream_remote(lm, prompt, settings, cancel, max_time, logprobs=record)
+        return
     cancel = cancel or threading.Event()
     fit = fit_context(encode_prompt(lm.tokenizer, prompt), settings.max_new_tokens, lm.context_length)
     prompt_start = _char_offset(lm.tokenizer, prompt, fit.first_kept) if fit.first_kept > 1 else 0

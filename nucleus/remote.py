@@ -1,0 +1,232 @@
+"""The remote backend: an OpenAI-compatible inference engine generates in place of a local model.
+
+    NUCLEUS_BACKEND=http://127.0.0.1:8000/v1 python app.py     # or --backend URL (app and CLI)
+
+Engines built for serving many people (vLLM, SGLang, llama.cpp's server, `transformers serve`)
+batch requests on one GPU and scale out; they all speak the OpenAI completions API, and Nucleus
+(a plain MistralForCausalLM) runs on all of them. `stream_remote` sends the same validated
+`SamplingSettings` to `/v1/completions` and yields the same `Update`s as local generation:
+
+- standard fields: temperature, top_p, max_tokens, stop, seed, logprobs;
+- the rest where each engine takes it: vLLM and SGLang read top_k, min_p and
+  repetition_penalty from extra body fields; llama.cpp's server reads top_k and min_p (its
+  repeat penalty is another rule, over the last 64 tokens, so only 1 = off is accepted);
+  `transformers serve` takes a whole GenerationConfig as JSON, so every field is sent.
+A setting the engine cannot honour is refused with a sentence, never dropped in silence.
+
+Streaming is server-sent events over httpx. Stop (or a dropped visitor) closes the response,
+and the engines end a request whose client has gone. An engine that is down or fails mid-run
+becomes one sentence (`RemoteError`); the next request tries again.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+
+from .settings import SamplingSettings, SettingsError
+from .tokenizer import load_tokenizer
+
+ENGINES = ("vllm", "sglang", "llama.cpp", "transformers")
+OWNED_BY = {"vllm": "vllm", "sglang": "sglang", "llamacpp": "llama.cpp", "local": "transformers"}
+CONNECT_SECONDS = 5.0
+DEFAULT_CONTEXT = 4096      # when the engine does not say (vLLM and SGLang report max_model_len)
+
+
+class RemoteError(RuntimeError):
+    """The engine is unreachable or failed: one sentence a user can act on."""
+
+
+@dataclass
+class RemoteModel:
+    """What the page, the API and the CLI need to know of a model served elsewhere."""
+    base_url: str           # ".../v1"
+    model_id: str           # the engine's name for it (from /v1/models)
+    engine: str             # one of ENGINES
+    context_length: int
+    tokenizer: object       # the Mistral 32k tokenizer, for the prompt meter
+    api_key: str | None = None
+    quantization: str = "remote"
+    dtype: str = "bfloat16"   # for the code panel: how to load the same weights with transformers
+
+    @property
+    def name(self) -> str:
+        return self.model_id.rstrip("/").split("/")[-1]
+
+    @property
+    def source(self) -> str:
+        """The engine's model id: a Hub id or a folder, what transformers would load."""
+        return self.model_id
+
+    def describe(self) -> str:
+        return (f"{self.name}, served by {self.engine} at {self.base_url}, context {self.context_length} tokens")
+
+
+def _headers(api_key: str | None) -> dict:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def connect(url: str, engine: str = "auto", model: str | None = None, api_key: str | None = None) -> RemoteModel:
+    """Ask the engine which models it serves (GET /v1/models); pick `model` or its first one."""
+    from .loading import ModelLoadError
+
+    base = url.rstrip("/")
+    if not base.endswith("/v1"):
+        base += "/v1"
+    if engine != "auto" and engine not in ENGINES:
+        raise ModelLoadError(f"backend engine must be auto or one of {', '.join(ENGINES)}, got {engine!r}")
+    try:
+        r = httpx.get(f"{base}/models", headers=_headers(api_key), timeout=CONNECT_SECONDS)
+        r.raise_for_status()
+        listed = r.json().get("data", [])
+    except (httpx.HTTPError, ValueError) as e:
+        raise ModelLoadError(f"The inference engine at {base} did not answer /models ({type(e).__name__}: {e}); "
+                             "is it running, and is the URL right (it ends in /v1)?") from None
+    if not listed:
+        raise ModelLoadError(f"The inference engine at {base} serves no model.")
+    entry = next((m for m in listed if m.get("id") == model), None) if model else listed[0]
+    if entry is None:
+        raise ModelLoadError(f"The engine at {base} does not serve {model!r}; it serves "
+                             f"{', '.join(m.get('id', '?') for m in listed)}.")
+    if engine == "auto":
+        engine = OWNED_BY.get(str(entry.get("owned_by", "")).lower(), "vllm")
+    context = int(entry.get("max_model_len") or entry.get("context_length") or DEFAULT_CONTEXT)
+    return RemoteModel(base, entry["id"], engine, context, load_tokenizer(), api_key)
+
+
+# ---- the request ---------------------------------------------------------------------------------
+def request_body(rm: RemoteModel, prompt: str, settings: SamplingSettings, seed: int, logprobs: int) -> dict:
+    """The /v1/completions body for these settings on this engine; SettingsError for what it cannot do."""
+    body = {"model": rm.model_id, "prompt": prompt, "max_tokens": settings.max_new_tokens,
+            "temperature": settings.temperature, "top_p": settings.top_p, "seed": seed, "stream": True}
+    if settings.stop:
+        body["stop"] = list(settings.stop)
+    if rm.engine == "transformers":
+        if logprobs:
+            raise SettingsError("logprobs", "transformers serve does not return log-probabilities")
+        # every field spelled out: the served model's generation_config.json fills whatever is left unset
+        cfg = settings.to_generation_config(eos_token_id=rm.tokenizer.eos_token_id).to_dict()
+        cfg = {k: v for k, v in cfg.items() if k in GENERATION_FIELDS and v is not None}
+        if not settings.greedy:
+            cfg.setdefault("min_p", 0.0)   # explicit: the served model's own min_p must not fill it in
+        body["generation_config"] = json.dumps(cfg)
+        return body
+    if logprobs:
+        body["logprobs"] = logprobs
+    if settings.no_repeat_ngram_size:
+        raise SettingsError("no_repeat_ngram_size", f"{rm.engine} has no no-repeat n-gram setting; use 0 with "
+                                                    "this backend")
+    if rm.engine == "llama.cpp":
+        if settings.repetition_penalty != 1.0:
+            raise SettingsError("repetition_penalty", "llama.cpp's repeat penalty is another rule (over the last "
+                                                      "64 tokens); use 1 with this backend")
+        body.update(top_k=settings.top_k, min_p=settings.min_p)
+    else:   # vLLM and SGLang: extra sampling parameters in the body; top_k -1 = off in vLLM
+        body.update(top_k=settings.top_k or -1, min_p=settings.min_p, repetition_penalty=settings.repetition_penalty)
+    return body
+
+
+GENERATION_FIELDS = {"max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+                     "no_repeat_ngram_size", "eos_token_id", "pad_token_id", "stop_strings"}
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        data = json.loads(response.read() or b"{}")
+        detail = data.get("error") or data.get("detail") or data.get("message") or data
+        if isinstance(detail, dict):
+            detail = detail.get("message", detail)
+    except ValueError:
+        detail = response.text[:200]
+    return f"{response.status_code}: {detail}"
+
+
+def stream_remote(rm: RemoteModel, prompt: str, settings: SamplingSettings, cancel: threading.Event | None = None,
+                  max_time: float | None = None, logprobs: int = 0) -> Iterator:
+    """Yield generation Updates from the engine; the last has done=True. `logprobs` asks the engine
+    for that many alternatives per token (the last update then carries them, OpenAI-shaped)."""
+    import random
+
+    from .generation import Update, cut_at_stop
+
+    if not isinstance(prompt, str):
+        raise SettingsError("prompt", f"expected text, got {type(prompt).__name__}")
+    cancel = cancel or threading.Event()
+    seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**31)
+    body = request_body(rm, prompt, settings, seed, logprobs)
+    start, text, tokens, reason = time.perf_counter(), "", 0, None
+    lp = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    timeout = httpx.Timeout(CONNECT_SECONDS, read=max_time or 600.0)
+    try:
+        with httpx.Client(timeout=timeout, headers=_headers(rm.api_key)) as client, \
+                client.stream("POST", f"{rm.base_url}/completions", json=body) as response:
+            if response.status_code != 200:
+                raise RemoteError(f"The inference engine refused the request ({_error_text(response)}).")
+            for line in response.iter_lines():
+                if cancel.is_set():
+                    reason = "cancelled"      # leaving the block closes the response: the engine stops
+                    break
+                if max_time is not None and time.perf_counter() - start >= max_time:
+                    reason = "time"
+                    break
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    raise RemoteError(f"The inference engine failed mid-run: {chunk['error']}")
+                choice = (chunk.get("choices") or [{}])[0]
+                piece = choice.get("text") or ""
+                if piece:
+                    text += piece
+                    tokens += 1
+                for key in lp:
+                    lp[key] += (choice.get("logprobs") or {}).get(key) or []
+                usage = chunk.get("usage") or {}
+                tokens = usage.get("completion_tokens", tokens)
+                reason = choice.get("finish_reason") or reason
+                shown, _ = cut_at_stop(text, settings.stop)
+                yield Update(shown, tokens, time.perf_counter() - start, seed, max_new_tokens=settings.max_new_tokens)
+    except httpx.HTTPError as e:
+        raise RemoteError(f"The inference engine at {rm.base_url} is unreachable or dropped the request "
+                          f"({type(e).__name__}); try again in a moment.") from None
+    if reason == "stop":    # OpenAI's "stop" is the end of text or a stop string; it does not say which
+        reason = "stop" if settings.stop else "eos"
+    elif reason not in ("cancelled", "time", "length"):
+        reason = "length" if tokens >= settings.max_new_tokens else "eos"
+    shown, _ = cut_at_stop(text, settings.stop)
+    yield Update(shown, tokens, time.perf_counter() - start, seed, True, reason,
+                 max_new_tokens=settings.max_new_tokens, logprobs=lp if logprobs and lp["tokens"] else None)
+
+
+class RemoteCatalog:
+    """The catalog of a Space whose model runs in a remote engine: one model, nothing to load."""
+
+    def __init__(self, remote: RemoteModel):
+        self.remote = remote
+        self.choices = {remote.name: f"{remote.base_url} ({remote.model_id})"}
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.choices)
+
+    @property
+    def resident(self) -> list[str]:
+        return self.labels
+
+    def check(self, label) -> str:
+        from .loading import ModelLoadError
+        if not isinstance(label, str) or label not in self.choices:
+            raise ModelLoadError(f"model: expected one of the labels {self.labels} (text), got "
+                                 f"{type(label).__name__} {label!r}")
+        return label
+
+    def get(self, label) -> RemoteModel:
+        self.check(label)
+        return self.remote
