@@ -50,6 +50,7 @@ def test_token_view_shows_candidates_and_the_top_p_cut(site):
     chips = page.locator("#tokens .token.highlighted")        # (a token that is only a newline has no chip)
     expect(chips.first).to_be_visible(timeout=WAIT)
     summary, cut_shown, seen = page.locator("#inspect-summary"), False, set()
+    expect(summary).to_contain_text("Select a token above to see its candidates", timeout=WAIT)   # run is over
     previous = summary.inner_text()
     for i in range(chips.count()):                            # a step where top-p cut some of the top ten
         chips.nth(i).click()
