@@ -118,8 +118,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.command == "info":
+        size = f"{facts['parameters']:,} parameters" if facts["parameters"] else "not known (served remotely)"
         print(f"model:   {source} (chosen by {why})\nfolder:  {facts['path']}\n"
-              f"size:    {facts['parameters']:,} parameters\ndevice:  {facts['device']}\n"
+              f"size:    {size}\ndevice:  {facts['device']}\n"
               f"dtype:   {facts['dtype']}\nweights: {facts['weights']}\ncontext: {facts['context']}")
         return 0
 
