@@ -285,47 +285,21 @@ def safetensors_copy(path: Path) -> Path:
     return out
 
 
-def load(source: str | os.PathLike, device: str = "auto", dtype: str | torch.dtype = "auto",
-         quantize: str = "auto") -> LoadedModel:
-    """Load a causal LM and its tokenizer from a Hub id or a local folder, ready for generation.
-    quantize: "auto" (int8 weights on CPU for models of >= 500M parameters), "int8" or "none"."""
-    source = str(source)
-    path = _download(source) if _is_hub_id(source) else Path(source).expanduser()
-    weights_path = path if check_folder(path) == "safetensors" else safetensors_copy(path)
-    try:
-        cfg = AutoConfig.from_pretrained(path, trust_remote_code=False)
-    except (ValueError, OSError) as e:
-        raise ModelLoadError(f"{path}/config.json is not a usable model config: {str(e).splitlines()[0]}") from None
-    dev = pick_device(device)
-    n_cfg = count_params(cfg) if cfg.model_type == "mistral" else 0
-    try:
-        mode = resolve_mode(quantize, dev, n_cfg)
-    except ValueError as e:
-        raise ModelLoadError(str(e)) from None
-    dt = torch.bfloat16 if mode == "int8" else pick_dtype(dtype, dev, n_cfg)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(weights_path, dtype=dt, use_safetensors=True,
-                                                     trust_remote_code=False)
-    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"Could not read the weights in {path} (corrupt or truncated file?): {reason}") from None
-    n = sum(p.numel() for p in model.parameters())
-    # Sampling defaults come from the user's settings alone: generate() fills every field a run
-    # leaves unset from model.generation_config, so keep only the special token ids there.
-    model.generation_config = GenerationConfig(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
-                                               pad_token_id=getattr(cfg, "pad_token_id", None))
-    if mode == "int8":
-        quantize_int8(model)
-    model.to(dev).eval()
-    return LoadedModel(model, load_tokenizer(path), source, path, dev, dt, n, mode)
+@dataclass
+class _Plan:
+    """What loading `source` means, decided from its folder and config alone (no weights read)."""
+    path: Path          # the local folder (downloaded for a Hub id)
+    files: str          # "safetensors" or "pickle"
+    config: object
+    device: torch.device
+    n_params: int       # from the config (0 when not a Mistral)
+    mode: str           # "int8" or "none"
+    dtype: torch.dtype
 
 
-# ---- facts without loading the weights -------------------------------------------------------
-def inspect(source: str | os.PathLike, device: str = "auto", dtype: str = "auto", quantize: str = "auto") -> dict:
-    """What `load` would give (size, device, dtype, weights, context), read from the config alone."""
-    source = str(source)
+def _plan(source: str, device: str, dtype: str | torch.dtype, quantize: str) -> _Plan:
     path = _download(source) if _is_hub_id(source) else Path(source).expanduser()
-    weights = check_folder(path)
+    files = check_folder(path)
     try:
         cfg = AutoConfig.from_pretrained(path, trust_remote_code=False)
     except (ValueError, OSError) as e:
@@ -336,9 +310,41 @@ def inspect(source: str | os.PathLike, device: str = "auto", dtype: str = "auto"
         mode = resolve_mode(quantize, dev, n)
     except ValueError as e:
         raise ModelLoadError(str(e)) from None
-    dt = torch.bfloat16 if mode == "int8" else pick_dtype(dtype, dev, n)
-    return {"path": str(path), "parameters": n, "device": str(dev), "dtype": str(dt).removeprefix("torch."),
-            "weights": mode, "files": weights, "context": int(getattr(cfg, "max_position_embeddings", 0))}
+    return _Plan(path, files, cfg, dev, n, mode, torch.bfloat16 if mode == "int8" else pick_dtype(dtype, dev, n))
+
+
+def load(source: str | os.PathLike, device: str = "auto", dtype: str | torch.dtype = "auto",
+         quantize: str = "auto") -> LoadedModel:
+    """Load a causal LM and its tokenizer from a Hub id or a local folder, ready for generation.
+    quantize: "auto" (int8 weights on CPU for models of >= 500M parameters), "int8" or "none"."""
+    source = str(source)
+    plan = _plan(source, device, dtype, quantize)
+    path, cfg = plan.path, plan.config
+    weights_path = path if plan.files == "safetensors" else safetensors_copy(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(weights_path, dtype=plan.dtype, use_safetensors=True,
+                                                     trust_remote_code=False)
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"Could not read the weights in {path} (corrupt or truncated file?): {reason}") from None
+    n = sum(p.numel() for p in model.parameters())
+    # Sampling defaults come from the user's settings alone: generate() fills every field a run
+    # leaves unset from model.generation_config, so keep only the special token ids there.
+    model.generation_config = GenerationConfig(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
+                                               pad_token_id=getattr(cfg, "pad_token_id", None))
+    if plan.mode == "int8":
+        quantize_int8(model)
+    model.to(plan.device).eval()
+    return LoadedModel(model, load_tokenizer(path), source, path, plan.device, plan.dtype, n, plan.mode)
+
+
+# ---- facts without loading the weights -------------------------------------------------------
+def inspect(source: str | os.PathLike, device: str = "auto", dtype: str = "auto", quantize: str = "auto") -> dict:
+    """What `load` would give (size, device, dtype, weights, context), read from the config alone."""
+    plan = _plan(str(source), device, dtype, quantize)
+    return {"path": str(plan.path), "parameters": plan.n_params, "device": str(plan.device),
+            "dtype": str(plan.dtype).removeprefix("torch."), "weights": plan.mode, "files": plan.files,
+            "context": int(getattr(plan.config, "max_position_embeddings", 0))}
 
 
 # ---- the models visitors may choose between -------------------------------------------------
