@@ -76,8 +76,9 @@ def baseline(cfg: TrainConfig, steps: int, device: torch.device) -> dict:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision != "fp32")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    losses, k, t_first = [], 0, None
+    losses, step_s, k, t_first = [], [], 0, None
     for _ in range(steps):
+        t_step = time.perf_counter()
         total = 0.0
         for _ in range(accum):
             x = blocks.batch(order.indices(k)).to(device)
@@ -91,12 +92,15 @@ def baseline(cfg: TrainConfig, steps: int, device: torch.device) -> dict:
         sched.step()
         opt.zero_grad(set_to_none=True)
         losses.append(total)
+        sync(device)
+        step_s.append(time.perf_counter() - t_step)       # per step, for medians (bench/gpu_suite.py)
         if t_first is None:
             sync(device)
             t_first = time.perf_counter()
     sync(device)
     step_tokens = accum * cfg.micro_batch * cfg.seq_len
-    return {"losses": losses, "tokens_per_second": (steps - 1) * step_tokens / (time.perf_counter() - t_first),
+    return {"losses": losses, "step_seconds": step_s, "step_tokens": step_tokens,
+            "tokens_per_second": (steps - 1) * step_tokens / (time.perf_counter() - t_first),
             "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
             "n_params": sum(p.numel() for p in model.parameters())}
 

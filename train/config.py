@@ -54,7 +54,11 @@ class TrainConfig:
     optimizer: str = "adamw"              # adamw (fused on CUDA) | adamw8bit (bitsandbytes)
     precision: str = "auto"               # auto (bf16 autocast on bf16 GPUs, else fp32) | bf16 | fp16 | fp32
     activation_checkpointing: bool = True
-    compile: bool = False
+    compile: bool = False                 # torch.compile the model (CUDA: fuses pointwise ops; slow first step)
+    liger: bool = False                   # Liger kernels: fused linear cross-entropy, RMSNorm, SwiGLU (CUDA +
+                                          # `pip install liger-kernel`); the logits are never materialised
+    tokenizer: str | None = None          # folder with tokenizer files for a scratch run (default:
+                                          # mistral-common's copy; a starting model's own always wins)
     # bookkeeping
     output_dir: str = "runs/pretrain"
     overwrite: bool = False               # delete a previous run in output_dir (else refused, or --resume)

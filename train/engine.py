@@ -26,7 +26,7 @@ from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmu
 
 from nucleus import architecture
 from nucleus.loading import load
-from nucleus.tokenizer import load_tokenizer
+from nucleus.tokenizer import has_tokenizer, load_tokenizer
 
 from train import checkpoint
 from train import data as D
@@ -91,16 +91,49 @@ def build_model(cfg: TrainConfig, resume_from: Path | None):
         lm = load(start_from, device="cpu", dtype=torch.float32, quantize="none")
         model, tokenizer = lm.model, lm.tokenizer
     else:
-        model, tokenizer = architecture.build(cfg.size, seed=cfg.seed), load_tokenizer()
+        model, tokenizer = architecture.build(cfg.size, seed=cfg.seed), scratch_tokenizer(cfg)
     if start_from:
         cfg.size = family_size(model.config)           # recorded: the default size means nothing here
     if cfg.seq_len > model.config.max_position_embeddings:
         raise ConfigError(f"seq_len {cfg.seq_len} exceeds the model's context ({model.config.max_position_embeddings})")
     model.config.use_cache = False
+    if cfg.liger:
+        apply_liger(model)
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(model)
     model.train()
     return model, tokenizer
+
+
+def scratch_tokenizer(cfg: TrainConfig):
+    """The tokenizer of a run that starts from no model folder: `cfg.tokenizer`'s, else mistral-common's."""
+    if cfg.tokenizer is None:
+        return load_tokenizer()
+    if not has_tokenizer(cfg.tokenizer):
+        raise ConfigError(f"tokenizer: {cfg.tokenizer} holds no tokenizer.json or tokenizer.model")
+    return load_tokenizer(cfg.tokenizer)
+
+
+def apply_liger(model) -> None:
+    """Liger's Triton kernels on this one model: fused linear cross-entropy (the (B, T, vocab) logits
+    are never materialised in training), RMSNorm and SwiGLU. Liger patches modeling_mistral's
+    classes (and RoPE) module-wide, which would change every Mistral built later in the process (a
+    benchmark's baseline too): the module's names are restored, RoPE is left as it is."""
+    try:
+        from liger_kernel.transformers import apply_liger_kernel_to_mistral
+    except ImportError as e:                            # no package, or no triton (CPU builds of torch)
+        why = f"liger: true needs liger-kernel and triton on CUDA (pip install liger-kernel): {e}"
+        raise ConfigError(why) from None
+    from transformers.models.mistral import modeling_mistral as mm
+
+    names = ("MistralRMSNorm", "MistralMLP", "apply_rotary_pos_emb", "CrossEntropyLoss")
+    saved = {n: getattr(mm, n) for n in names if hasattr(mm, n)}
+    try:
+        apply_liger_kernel_to_mistral(rope=False, cross_entropy=False, fused_linear_cross_entropy=True,
+                                      rms_norm=True, swiglu=True, model=model)
+    finally:
+        for n, v in saved.items():
+            setattr(mm, n, v)
 
 
 def family_size(model_cfg) -> str:
@@ -202,7 +235,7 @@ def run(cfg: TrainConfig, data: Data | None = None, records: NoRecords | None = 
 
     # -- data before the model: a data error costs seconds, not a 5 GB model build --
     tokenizer_dir = resume_from or (cfg.init if cfg.init != "scratch" and Path(cfg.init).is_dir() else None)
-    data = data or load_data(cfg, load_tokenizer(tokenizer_dir), acc)
+    data = data or load_data(cfg, load_tokenizer(tokenizer_dir) if tokenizer_dir else scratch_tokenizer(cfg), acc)
     model, tokenizer = build_model(cfg, resume_from)
     n_params = sum(p.numel() for p in model.parameters())
     order = D.BatchOrder(len(data.train), cfg.micro_batch, cfg.seed, acc.process_index, acc.num_processes)

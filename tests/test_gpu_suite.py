@@ -1,0 +1,128 @@
+"""bench/gpu_suite.py on CPU: every part for a step or two, as the GPU machine's image would run it
+(no `datasets`, no `mistral-common`), so the one device call never meets its first bug there.
+Also the engine's config fields the suite relies on (tokenizer folder, liger)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from train.config import ConfigError, TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# `import datasets` / `import mistral_common` raise ImportError, as on the GPU image
+BLOCKED = ("import runpy, sys\n"
+           "sys.modules['datasets'] = None\n"
+           "sys.modules['mistral_common'] = None\n"
+           "sys.argv = ['bench/gpu_suite.py'] + sys.argv[1:]\n"
+           "runpy.run_path('bench/gpu_suite.py', run_name='__main__')\n")
+
+
+def numbers(value):
+    """Every int/float inside a JSON value."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (int, float)):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from numbers(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from numbers(v)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("suite")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "-c", BLOCKED, "--cpu-smoke", "--out", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, json.loads((out / "gpu_suite.json").read_text()), proc.stdout
+
+
+def test_smoke_runs_every_part_without_datasets_or_mistral_common(smoke):
+    _, result, _ = smoke
+    rows = result["rows"]
+    errors = [r for r in rows if "error" in r]
+    assert not errors, errors
+    cases = {(r["part"], r["case"]) for r in rows}
+    for expected in [("nano", "committed"), ("nano", "stage1"), ("nano", "stage2"), ("nano", "held-out"),
+                     ("nano", "packed"), ("train", "setup"), ("train", "a_plain_hf"), ("train", "b_compile"),
+                     ("train", "b_compile_no_ckpt"), ("serve", "hf_eager"), ("serve", "hf_static"),
+                     ("serve", "ours"), ("suite", "done")]:
+        assert expected in cases, f"no row {expected}"
+    assert all(math.isfinite(x) for x in numbers(result)), "a figure is NaN or infinite"
+
+
+def test_smoke_figures_have_their_keys(smoke):
+    _, result, _ = smoke
+    rows = {(r["part"], r["case"], r.get("batch"), "ttft_ms" in r): r for r in result["rows"]}
+    a, b = rows[("train", "a_plain_hf", None, False)], rows[("train", "b_compile", None, False)]
+    for row in (a, b):
+        assert row["tokens_per_second"] > 0 and row["mfu_vs_ceiling"] > 0 and len(row["losses"]) == 3
+    assert b["ratio_vs_a"] > 0 and b["loss_max_rel_diff_vs_a"] < 0.01     # same stream, same recipe on CPU
+    for case in ("hf_eager", "ours"):
+        for batch in (1, 2):
+            assert rows[("serve", case, batch, False)]["tok_per_s"] > 0
+        assert rows[("serve", case, None, True)]["ttft_ms"] > 0
+    held_out = rows[("nano", "held-out", None, False)]
+    for key in ("new stage1 on stage1", "new final on stage2"):
+        assert held_out[key]["ppl"] > 1 and held_out[key]["tokens"] > 0
+    assert rows[("nano", "stage2", None, False)]["tokens_seen"] > 0
+
+
+def test_smoke_packs_a_loadable_nano(smoke, tmp_path):
+    out, result, stdout = smoke
+    packed = next(r for r in result["rows"] if r["case"] == "packed")
+    parts = [out / name for name in packed["parts"]]
+    assert parts and all(p.stat().st_size <= 16 * 2**20 for p in parts)      # the device returns <= 16 MiB files
+    whole = tmp_path / "nano.tar"
+    whole.write_bytes(b"".join(p.read_bytes() for p in parts))
+    with tarfile.open(whole) as tf:
+        tf.extractall(tmp_path, filter="data")
+    folder = tmp_path / "nucleus-nano-gpu"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md"):
+        assert (folder / name).is_file(), name
+    assert (tmp_path / "logs" / "stage2" / "metrics.csv").is_file()
+    import nucleus
+
+    lm = nucleus.load(folder, device="cpu", quantize="none")
+    assert lm.n_params > 0
+    assert "part  | case" in stdout                         # the closing table the device reply carries
+
+
+# ---- engine fields the suite uses --------------------------------------------------------------------
+def test_scratch_tokenizer_comes_from_the_configured_folder(tmp_path):
+    from train.engine import scratch_tokenizer
+
+    cfg = TrainConfig(tokenizer=str(ROOT / "models/nucleus-nano"))
+    assert len(scratch_tokenizer(cfg)) == 32000
+    with pytest.raises(ConfigError, match="tokenizer"):
+        scratch_tokenizer(TrainConfig(tokenizer=str(tmp_path)))
+
+
+def test_liger_without_the_package_is_a_config_error():
+    from train.engine import apply_liger
+
+    try:
+        import liger_kernel.transformers  # noqa: F401
+        pytest.skip("liger-kernel and triton are importable here")
+    except ImportError:
+        pass
+    with pytest.raises(ConfigError, match="liger"):
+        apply_liger(None)
+
+
+def test_new_fields_are_typed():
+    with pytest.raises(ConfigError, match="liger"):
+        TrainConfig.load(None, liger="yes")
+    assert TrainConfig().liger is False and TrainConfig().tokenizer is None
