@@ -2,6 +2,7 @@
 
     python bench/space_rehearsal.py                              # ~3-5 min on 2 cores; JSON in runs/
     python bench/space_rehearsal.py --out rehearsal.json --users 4 --requests 3
+    python bench/space_rehearsal.py --app-args "--quantize none"     # the same, bf16 weights
 
 Builds (once, ~20 s, 2.3 GB) a random-weight checkpoint with exactly the Hub model's config.json
 (nucleus/architecture.py's 1.13B MistralConfig, bf16 safetensors) and the tokenizer files, starts
@@ -260,7 +261,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--new-tokens", type=int, default=200)
     p.add_argument("--users", type=int, default=4)
-    p.add_argument("--requests", type=int, default=3, help="requests per concurrent user")
+    p.add_argument("--requests", type=int, default=5, help="requests per concurrent user")
     p.add_argument("--user-tokens", type=int, default=32, help="new tokens per concurrent-user request")
     p.add_argument("--startup-timeout", type=float, default=300)
     p.add_argument("--app-args", default="", help="extra arguments for app.py, e.g. '--quantize none'")
@@ -296,6 +297,8 @@ def main(argv=None) -> dict:
         try:
             wait_until_up(url, proc, log, args.startup_timeout)
             result["startup_s"] = round(time.perf_counter() - t0, 1)
+            served = [ln for ln in log.read_text().splitlines() if " serving " in ln]
+            result["served"] = served[-1].split(" serving ", 1)[-1] if served else None
             result["rss_after_startup_gb"] = round(sampler.tree_rss() / 1e9, 2)
             print(f"up after {result['startup_s']} s", flush=True)
             client, other = Client(url, verbose=False), Client(url, verbose=False)
@@ -341,7 +344,7 @@ def print_table(r: dict, args) -> None:
          f"{cu['p50_s']} / {cu['p95_s']} s ({cu['ok']} ok, {len(cu['errors'])} errors, {cu['wall_s']} s wall)"),
     ]
     width = max(len(a) for a, _ in rows)
-    print(f"\nSpace rehearsal: Nucleus-1.13B shape (random weights), {r['limits']}")
+    print(f"\nSpace rehearsal: Nucleus-1.13B shape (random weights), {r['limits']}\n  served: {r['served']}")
     for a, b in rows:
         print(f"  {a:<{width}}  {b}")
     print(f"  machine load before: {r['machine_load_before']}\n  machine load after:  {r['machine_load_after']}")
