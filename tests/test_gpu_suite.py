@@ -126,3 +126,27 @@ def test_new_fields_are_typed():
     with pytest.raises(ConfigError, match="liger"):
         TrainConfig.load(None, liger="yes")
     assert TrainConfig().liger is False and TrainConfig().tokenizer is None
+
+
+def test_legacy_split_holds_out_by_position_as_the_committed_nano_was(tmp_path):
+    """The carried token cache is split as models/nucleus-nano was trained and scored: by a hash of
+    each document's position (reference.json then reproduces the card's perplexities)."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from gpu_carry import legacy_is_validation, legacy_split_cache
+
+    from nucleus.tokenizer import load_tokenizer
+    from train import data as D
+
+    docs = [f"Document number {i}: a short lesson about bread." for i in range(300)]
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    tok = load_tokenizer(ROOT / "models/nucleus-nano")
+    meta = legacy_split_cache(D.DataSpec(str(tmp_path / "corpus"), validation_fraction=0.05), tok, tmp_path / "out")
+    held = [d for i, d in enumerate(docs) if legacy_is_validation(i, 0.05)]
+    assert 0 < meta["val_documents"] == len(held) and meta["documents"] == len(docs) - len(held)
+    val = np.fromfile(tmp_path / "out" / "val.bin", dtype=np.uint16)
+    expected = [t for d in held for t in (tok.bos_token_id, *tok(d, add_special_tokens=False).input_ids,
+                                          tok.eos_token_id)]
+    assert val.tolist() == expected and meta["val_tokens"] == len(expected)
