@@ -23,8 +23,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                    "the automatically chosen Hub model falls back to the bundled nano")
     p.add_argument("--host", default=None, help="address to bind (default: GRADIO_SERVER_NAME or 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: GRADIO_SERVER_PORT or 7860)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
-    p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16, float16 (default: auto)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"],
+                   help="weights' dtype (default: auto = bfloat16 on GPU and for big models on CPU, else float32)")
     p.add_argument("--quantize", default=os.environ.get("NUCLEUS_QUANTIZE", "auto"), choices=["auto", "int8", "none"],
                    help="int8 weights for fast CPU decoding (default: NUCLEUS_QUANTIZE or auto = on CPU for "
                         "models of >= 500M parameters); none switches it off")
@@ -42,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=None,
                    help="generations at once (default: 1 locally, 8 with --backend: the engine batches them)")
     args = p.parse_args(argv)
+    if args.port is not None and not 1 <= args.port <= 65535:
+        p.error(f"--port must be 1 to 65535, got {args.port}")
     if args.concurrency is not None and args.concurrency < 1:
         p.error(f"--concurrency must be at least 1, got {args.concurrency}")
     if not args.max_seconds > 0:
@@ -186,7 +189,9 @@ def notice_for(catalog: nucleus.ModelCatalog, label: str, fallback: str = "") ->
 BUCKETS = (("p ≥ 0.5", 0.5), ("0.2 – 0.5", 0.2), ("0.05 – 0.2", 0.05), ("< 0.05", 0.0))
 BUCKET_COLORS = {"p ≥ 0.5": "#bbf7d0", "0.2 – 0.5": "#fef08a", "0.05 – 0.2": "#fed7aa", "< 0.05": "#fecaca"}
 VIEWS = ("Tokens", "Plain text", "Markdown")
-NOW = "() => Date.now()"   # a click's time on the browser's clock (ms), for ordering Stop against Generate
+# A click's time on the browser's clock (ms), for ordering Stop against Generate (a js function's
+# return value replaces the event's input).
+NOW = "() => Date.now()"
 
 
 def bucket(p: float) -> str:
@@ -266,6 +271,7 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
     armed: dict[str, collections.deque[threading.Event]] = collections.defaultdict(collections.deque)
     running: dict[str, threading.Event] = {}
     stopped_at: dict[str, float] = {}     # session -> browser clock (ms) of its last Stop click
+    slider_range: dict[str, tuple[float, float]] = {}   # setting -> (min, max) of its slider on this page
     load = {"runs": 0, "seconds": 10.0}   # runs armed but not finished (all visitors), mean run time
 
     def model_info(label: str) -> str:
@@ -276,8 +282,10 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
         # No per-slider reset button: it would restore the page-load value, not the preset's
         # ("↺ Preset settings" restores them all).
         kind, lo, top, lo_incl, help_ = BOUNDS[name]
-        return gr.Slider(lo if lo_incl else lo + step, top if hi is None else hi, value=value, step=step,
-                         label=label, info=help_, precision=0 if kind is int else None, buttons=[])
+        low, high = (lo if lo_incl else lo + step), (top if hi is None else hi)
+        slider_range.setdefault(name, (low, high))
+        return gr.Slider(low, high, value=value, step=step, label=label, info=help_,
+                         precision=0 if kind is int else None, buttons=[])
 
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
@@ -439,13 +447,17 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
             session = request.session_hash if request else "local"
             cancel, began = claim(session), time.monotonic()
             try:
-                settings = _settings_from_ui(temperature, top_p, top_k, min_p, rep, ngram, max_new, stop_text,
-                                             None if fresh_seed else seed)
-                text = _check_prompt(text)
                 try:
-                    lm = catalog.get(label)
-                except nucleus.ModelLoadError as e:
-                    raise _refuse(str(e)) from None
+                    settings = _settings_from_ui(temperature, top_p, top_k, min_p, rep, ngram, max_new, stop_text,
+                                                 None if fresh_seed else seed)
+                    text = _check_prompt(text)
+                    try:
+                        lm = catalog.get(label)
+                    except nucleus.ModelLoadError as e:
+                        raise _refuse(str(e)) from None
+                except gr.Error as e:   # a mistake in the inputs: say so in the status, keep the last result
+                    yield gr.skip(), gr.skip(), f"⚠️ {e.message}", gr.skip()
+                    return
                 if cancel.is_set():   # Stop was pressed while this run waited in the queue
                     yield gr.skip(), gr.skip(), "Stopped before it started.", gr.skip()
                     return
@@ -499,7 +511,8 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
         after_outputs = [tokens, token_map, rendered, code_py, code_client, code_cli, code_curl, reuse_btn,
                          inspect_md]
         for button, fn in ((run_btn, run), (regen_btn, regenerate)):
-            button.click(arm, clock, None, js=NOW, queue=False, api_visibility="private").then(
+            button.click(arm, clock, None, js=NOW, queue=False,
+                         api_visibility="private").then(
                 snapshot, [prompt, output, history], history, queue=False, api_visibility="private").then(
                 _gpu_lease(fn, lease), run_inputs, run_outputs, **queued).then(
                 after_run, [last_run, view], after_outputs, api_visibility="private", queue=False)
@@ -510,7 +523,8 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
                 return text, hist
             return done["prompt"] + done["text"], snapshot(text, done["shown_prompt"] + done["text"], hist)
 
-        continue_btn.click(arm, clock, None, js=NOW, queue=False, api_visibility="private").then(
+        continue_btn.click(arm, clock, None, js=NOW, queue=False,
+                           api_visibility="private").then(
             prepare_continue, [prompt, last_run, history], [prompt, history], queue=False,
             api_visibility="private").then(
             _gpu_lease(run, lease), run_inputs, run_outputs, **queued).then(
@@ -569,7 +583,7 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
                 base = _settings_from_ui(temperature, top_p, top_k, min_p, rep, ngram, max_new, stop_text, seed)
                 base = base.replace(seed=base.seed if base.seed is not None else random.randrange(2**31))
                 text = _check_prompt(text)
-                columns = ["", ""]
+                columns, done_line = ["", ""], ""
                 running[session] = cancel
                 for col, (label, t) in enumerate(((label_a, t_a), (label_b, t_b))):
                     try:
@@ -579,8 +593,9 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
                     try:
                         for update in nucleus.stream(lm, text, settings, cancel, max_seconds):
                             columns[col] = shown_prompt(text, update) + update.text
-                            head = f"{'AB'[col]}: {label}, temperature {t:g} · "
-                            yield columns[0], columns[1], head + _status(update)
+                            line = f"{'AB'[col]}: {label}, temperature {t:g} · " + _status(update)
+                            yield columns[0], columns[1], done_line + line
+                        done_line = line + "\n\n"    # A's final line stays while B runs
                     except (SettingsError, RemoteError) as e:
                         raise _refuse(str(e)) from None
                     if cancel.is_set():
@@ -591,7 +606,8 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
                 load["runs"] = max(0, load["runs"] - 1)
                 load["seconds"] = 0.8 * load["seconds"] + 0.2 * (time.monotonic() - began)
 
-        compare_btn.click(arm, clock, None, js=NOW, queue=False, api_visibility="private").then(
+        compare_btn.click(arm, clock, None, js=NOW, queue=False,
+                          api_visibility="private").then(
             _gpu_lease(compare, lambda *a, **k: max_seconds * 2), [model_a, temp_a, model_b, temp_b, prompt]
             + settings_inputs, [out_a, out_b, compare_status], **queued)
 
@@ -608,24 +624,32 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
             None, link_query, share_link, js="(q) => window.location.origin + window.location.pathname + q")
 
         def restore(request: gr.Request):
-            """Fill the page from a share link's query parameters, each validated; say what was ignored."""
-            params = dict(request.query_params) if request else {}
+            """Fill the page from a share link's query parameters, each validated, over the link's preset
+            when it names one; say what was ignored (also a value outside this page's sliders)."""
+            query = {k: request.query_params.getlist(k) for k in request.query_params} if request else {}
             outputs = [preset, preset_info, prompt, model] + settings_inputs + [link_note]
-            if not params or not any(k in params for k in ("prompt", "preset", "model", *BOUNDS)):
+            if not any(k in query for k in ("prompt", "preset", "model", "stop", *BOUNDS)):
                 return {c: gr.skip() for c in outputs}
-            query = {k: request.query_params.getlist(k) for k in request.query_params}
             got = read_query(query, set(presets), set(catalog.labels), MAX_PROMPT_CHARS)
+            ranges = {**slider_range, "max_new_tokens": (1, _max_new_limit(catalog.get(got.model or initial_label)))}
+            for name, value in list(got.values.items()):
+                if name in ranges and not ranges[name][0] <= value <= ranges[name][1]:
+                    low, high = ranges[name]
+                    got.ignored.append(f"{name}={value:g} (outside this page's range, {low:g} to {high:g})")
+                    del got.values[name]
+            base = presets[got.preset] if got.preset else None
             values = {preset: got.preset or gr.skip(),
-                      preset_info: presets[got.preset].description if got.preset else gr.skip(),
-                      prompt: got.prompt if got.prompt is not None else gr.skip(),
+                      preset_info: base.description if base else gr.skip(),
+                      prompt: got.prompt if got.prompt is not None else (base.prompt if base else gr.skip()),
                       model: got.model or gr.skip(),
-                      stop_text: format_stop_text(got.values["stop"]) if "stop" in got.values else gr.skip(),
                       seed: str(got.values["seed"]) if "seed" in got.values else gr.skip(),
                       link_note: ("⚠️ Ignored from the link: " + "; ".join(md_literal(x) for x in got.ignored))
                       if got.ignored else ""}
+            stops = got.values.get("stop", base.settings.stop if base else None)
+            values[stop_text] = format_stop_text(stops) if stops is not None else gr.skip()
             for name, comp in zip(("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
                                    "no_repeat_ngram_size", "max_new_tokens"), settings_inputs):
-                values[comp] = got.values[name] if name in got.values else gr.skip()
+                values[comp] = got.values.get(name, getattr(base.settings, name) if base else gr.skip())
             return values
 
         demo.load(restore, None, [preset, preset_info, prompt, model] + settings_inputs + [link_note],
@@ -720,8 +744,8 @@ def open_catalog(args) -> tuple[nucleus.ModelCatalog, str, str]:
         catalog.get(catalog.labels[0])   # load now: fail at start-up, not on the first visitor
         return catalog, why, ""
     except nucleus.ModelLoadError as e:
-        if why in ("--model flag", "NUCLEUS_MODEL") or not (loading.BUNDLED_MODEL / "config.json").is_file():
-            raise
+        if why != "Hugging Face Hub" or not (loading.BUNDLED_MODEL / "config.json").is_file():
+            raise   # only the automatically chosen Hub model falls back
         fallback = f"The Hub model {source} could not be loaded, so the bundled model is served instead: {e}"
         log.warning(fallback)
         catalog = nucleus.ModelCatalog(str(loading.BUNDLED_MODEL), args.device, args.dtype, quantize=args.quantize,
@@ -730,8 +754,20 @@ def open_catalog(args) -> tuple[nucleus.ModelCatalog, str, str]:
         return catalog, "fallback (the Hub model failed to load)", fallback
 
 
+def port_free(host: str | None, port: int) -> bool:
+    import socket
+    with socket.socket() as s:
+        try:
+            s.bind((host or "127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if args.port is not None and not port_free(args.host, args.port):   # say so before a long model load
+        sys.exit(f"error: port {args.port} is in use; choose another with --port")
     logging.getLogger("nucleus").setLevel(logging.INFO)   # ours: one line per model load and API request
     try:
         catalog, why, fallback = open_catalog(args)

@@ -162,15 +162,16 @@ def fit_context(ids: list[int], max_new_tokens: int, context: int) -> Fit:
         return Fit(ids, max_new_tokens)
     if len(ids) < context:
         room = context - len(ids)
-        return Fit(ids, room, warning=f"Max new tokens lowered from {max_new_tokens} to {room}: the prompt's "
-                                      f"{len(ids)} tokens leave only {room} of the model's {context}-token context.")
+        return Fit(ids, room, warning=f"Max new tokens lowered from {max_new_tokens:,} to {room:,}: the prompt's "
+                                      f"{len(ids):,} tokens leave only {room:,} of the model's {context:,}-token "
+                                      "context.")
     new = min(max_new_tokens, MIN_NEW_TOKENS_WHEN_CUT, context // 2)
     keep = context - new - 1                  # prompt tokens kept after the BOS
     first = len(ids) - keep
-    warning = (f"The prompt is {len(ids)} tokens, more than the model's {context}-token context: the model saw "
-               f"only its last {keep} tokens (shown after […]).")
+    warning = (f"The prompt is {len(ids):,} tokens, more than the model's {context:,}-token context: the model "
+               f"saw only its last {keep:,} tokens (shown after […]).")
     if new < max_new_tokens:
-        warning += f" Max new tokens lowered from {max_new_tokens} to {new}."
+        warning += f" Max new tokens lowered from {max_new_tokens:,} to {new:,}."
     return Fit(ids[:1] + ids[first:], new, first, warning)
 
 

@@ -90,7 +90,16 @@ class LoadedModel:
 # ---- device and dtype -----------------------------------------------------------------------
 def pick_device(device: str = "auto") -> torch.device:
     if device != "auto":
-        return torch.device(device)
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise ModelLoadError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r}: this PyTorch sees no CUDA GPU (a CPU-only build, or no GPU "
+                                 "visible); use --device cpu or auto")
+        if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ModelLoadError(f"device {device!r}: Apple's MPS is not available here; use --device cpu or auto")
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
@@ -156,7 +165,8 @@ def resolve_model(flag: str | None = None) -> tuple[str, str]:
     if hub_reachable():
         return DEFAULT_HUB_MODEL, "Hugging Face Hub"
     if (BUNDLED_MODEL / "config.json").is_file():
-        return str(BUNDLED_MODEL), "bundled offline default (Hub not reachable)"
+        why = "HF_HUB_OFFLINE is set" if hub_offline() else "Hub not reachable"
+        return str(BUNDLED_MODEL), f"bundled offline default ({why})"
     raise ModelLoadError(
         "No model to serve: the Hugging Face Hub is not reachable and the bundled models/nucleus-nano "
         "is missing. Point Nucleus at a checkpoint folder with `--model PATH` or NUCLEUS_MODEL=PATH "
@@ -196,6 +206,8 @@ def _download(repo_id: str) -> Path:
 def check_folder(path: Path) -> str:
     """Refuse missing and partial checkpoints before transformers sees them.
     Returns "safetensors", or "pickle" for a folder whose weights are only PyTorch *.bin files."""
+    if path.is_file():
+        raise ModelLoadError(f"{path} is a file, not a model folder (a folder with config.json and the weights).")
     if not path.is_dir():
         raise ModelLoadError(f"No model at {path}: that folder does not exist.")
     weights = sorted(path.glob("*.safetensors"))
@@ -374,7 +386,10 @@ class ModelCatalog:
         if probe_hub and hub_reachable():
             self._add(DEFAULT_HUB_MODEL)
         for folder in filter(None, os.environ.get("NUCLEUS_MODELS", "").split(os.pathsep)):
-            self._add(folder)
+            if _is_hub_id(folder) or (Path(folder).expanduser() / "config.json").is_file():
+                self._add(folder)
+            else:   # listed, it would fail only when a visitor picks it
+                log.warning("NUCLEUS_MODELS: left out %s, which is neither a model folder nor a Hub id", folder)
         self._lock = threading.Lock()                       # guards the two dicts below
         self._resident: OrderedDict[str, LoadedModel] = OrderedDict()
         self._loading: dict[str, threading.Lock] = {}       # label -> held while it loads

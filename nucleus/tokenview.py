@@ -16,6 +16,7 @@ token (bench/token_view.py measures it).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -45,6 +46,19 @@ class TokenRecord:
     removed: dict[str, int] = field(default_factory=dict)   # stage -> tokens it removed (of the vocabulary)
     kept: int = 0                   # tokens left to draw from
     greedy: bool = False
+
+
+_BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+
+
+def piece_text(piece: str) -> str:
+    """A vocabulary piece as text: "▁" is a space, a byte piece of an ASCII character is that
+    character ("<0x0A>" -> newline); a byte of a longer UTF-8 character keeps its <0x..> name."""
+    byte = _BYTE_PIECE.match(piece)
+    if byte:
+        value = int(byte[1], 16)
+        return chr(value) if value < 0x80 else piece
+    return piece.replace("▁", " ")
 
 
 class _Snapshot(LogitsProcessor):
@@ -115,7 +129,7 @@ class Recorder:
         candidates = []
         for i in ids:
             by = next((name for name in stages if gone[name][i]), None)
-            candidates.append(Candidate(i, self.tok.convert_ids_to_tokens(i).replace("▁", " "),
+            candidates.append(Candidate(i, piece_text(self.tok.convert_ids_to_tokens(i)),
                                         float(raw_lp[i].exp()), float(pen_p[i]), float(temp_p[i]),
                                         float(final_p[i]), by))
         candidates.sort(key=lambda c: -c.raw)

@@ -43,6 +43,20 @@ def output_text(pg) -> str:
     return pg.locator("#output textarea").input_value()
 
 
+def fill_kept(box, value: str, tries: int = 3):
+    """Type into a box until the page keeps the value: a box inside an accordion that has just opened
+    can be mounted again right after the first keystrokes, which drops them."""
+    for attempt in range(tries):
+        box.fill(value)
+        box.press("Tab")
+        try:
+            expect(box).to_have_value(value, timeout=5_000)
+            return
+        except AssertionError:
+            if attempt == tries - 1:
+                raise
+
+
 def set_max_new(pg, n: int):
     box = pg.locator("input[aria-label='number input for Max new tokens']")
     box.fill(str(n))
@@ -50,13 +64,33 @@ def set_max_new(pg, n: int):
     expect(box).to_have_value(str(n))
 
 
+FINAL = r"· (\d+) tokens? · [\d.]+ tokens/s · (max new tokens reached|end of text|stop string found)"
+
+
 def run_to_end(pg, n: int, button: str = "#generate") -> tuple[str, str]:
-    """Generate up to n tokens; wait for this run's final status (it names n tokens); (text, status)."""
+    """Generate up to n tokens; wait for THIS run's final status (a new status text that ends the run;
+    the model may end the text before n tokens); (text, status)."""
     set_max_new(pg, n)
+    before = status_text(pg)
     pg.click(button)
-    status = pg.locator("#status")
-    expect(status).to_contain_text(re.compile(rf"· {n} tokens · .* · max new tokens reached"), timeout=WAIT)
-    return output_text(pg), status.inner_text()
+    pg.wait_for_function(f"([before, final]) => {{ const t = {STATUS_JS};"
+                         " return t !== before && new RegExp(final).test(t); }", arg=[before, FINAL], timeout=WAIT)
+    return output_text(pg), status_text(pg)
+
+
+# The status line's own text: its Markdown body, without the progress overlay ("0.0s") that Gradio
+# lays over it while an event runs, which would make the last run's status look new.
+STATUS_JS = "((document.querySelector('#status .prose') || {}).innerText || '').trim()"
+
+
+def status_text(pg) -> str:
+    return pg.evaluate(f"() => {STATUS_JS}")
+
+
+def stop_now(pg):
+    """Press Stop while text streams in. force: a page that re-renders every token may never hold the
+    button still for the two frames Playwright waits for on a loaded machine; a person clicks anyway."""
+    pg.locator("#stop").click(force=True)
 
 
 def seed_of(status: str) -> str:

@@ -117,3 +117,23 @@ def test_help_answers_without_importing_torch():
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert "--max-seconds" in out.stdout and out.stdout.strip().endswith("NO-TORCH"), out.stdout + out.stderr
+
+
+def test_command_line_values_are_checked_before_anything_loads(capsys):
+    for argv, message in ((["--dtype", "float33"], "invalid choice: 'float33'"),
+                          (["--port", "99999"], "--port must be 1 to 65535"),
+                          (["--max-seconds", "0"], "--max-seconds must be > 0")):
+        with pytest.raises(SystemExit):
+            app.parse_args(argv)
+        assert message in capsys.readouterr().err
+
+
+def test_a_busy_port_is_named_before_the_model_loads(monkeypatch):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        monkeypatch.setattr(app, "open_catalog", lambda args: pytest.fail("the model was loaded"))
+        with pytest.raises(SystemExit, match=f"port {port} is in use"):
+            app.main(app.parse_args(["--port", str(port)]))

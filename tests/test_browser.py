@@ -13,7 +13,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from browser import WAIT, browser_on, open_page, output_text, run_to_end, set_max_new
+from browser import WAIT, browser_on, open_page, output_text, run_to_end, set_max_new, stop_now
 from conftest import ARTIFACTS
 
 HISTORY = "### Lesson: The Rise and Fall of the Roman Empire\n### Introduction\n"
@@ -43,7 +43,7 @@ def test_stream_and_stop(site):
     second = output_text(page)
     assert first.startswith(HISTORY) and second.startswith(first)          # it streams, prompt kept whole
 
-    page.click("#stop")
+    stop_now(page)
     status = page.locator("#status")
     expect(status).to_contain_text("stopped", timeout=WAIT)                # the run writes its own final status
     frozen, final = output_text(page), status.inner_text()
@@ -86,10 +86,10 @@ def test_stop_reaches_a_queued_run_and_spares_the_other_visitor(site):
     grows = "n => document.querySelector('#output textarea').value.length > n"
     busy.wait_for_function(grows, arg=len(output_text(busy)), timeout=WAIT)   # visitor 1 is generating
     waiting.click("#generate")                                             # visitor 2 queues behind it
-    waiting.click("#stop")
+    stop_now(waiting)
     busy.wait_for_function(grows, arg=len(output_text(busy)), timeout=WAIT)   # visitor 2's Stop spared visitor 1
     expect(busy.locator("#status")).to_contain_text("generating", timeout=WAIT)
-    busy.click("#stop")
+    stop_now(busy)
     expect(busy.locator("#status")).to_contain_text("stopped", timeout=WAIT)
     expect(waiting.locator("#status")).to_contain_text("Stopped before it started", timeout=WAIT)
     assert output_text(waiting) == ""                                      # it never ran

@@ -8,7 +8,7 @@ import sys
 import pytest
 from playwright.sync_api import expect
 
-from browser import WAIT, browser_on, open_page, output_text, run_to_end, seed_of, set_max_new
+from browser import WAIT, browser_on, fill_kept, open_page, output_text, run_to_end, seed_of, set_max_new
 from conftest import ARTIFACTS
 from nucleus.loading import BUNDLED_MODEL
 
@@ -29,9 +29,7 @@ def set_prompt(pg, text):
 def set_seed(pg, seed):
     if not pg.locator("#seed").is_visible():
         pg.get_by_text("Advanced").click()
-    box = pg.locator("#seed input, #seed textarea").first
-    box.fill(str(seed))
-    expect(box).to_have_value(str(seed))
+    fill_kept(pg.locator("#seed input, #seed textarea").first, str(seed))
 
 
 def set_slider(pg, label, value):
@@ -54,7 +52,9 @@ def test_token_view_shows_candidates_and_the_top_p_cut(site):
     previous = summary.inner_text()
     for i in range(chips.count()):                            # a step where top-p cut some of the top ten
         chips.nth(i).click()
-        expect(summary).not_to_have_text(previous, timeout=WAIT)   # every chip is another step
+        page.wait_for_function(                                   # every chip is another step
+            "p => { const t = document.querySelector('#inspect-summary').innerText;"
+            " return t !== p && /Token \\d+,/.test(t); }", arg=previous, timeout=WAIT)
         previous = summary.inner_text()
         seen.add(re.search(r"Token (\d+),", previous)[1])
         expect(summary).to_contain_text("was drawn with probability")
@@ -144,8 +144,9 @@ def test_share_link_reproduces_the_run_in_a_fresh_browser(site):
     expect(fresh.locator("#prompt textarea")).to_have_value("### Recipe: Pancakes\n", timeout=WAIT)
     expect(fresh.locator("input[aria-label='number input for Temperature']")).to_have_value("0.9")
     fresh.click("#generate")
-    expect(fresh.locator("#status")).to_contain_text(
-        re.compile(rf"Seed {seed_of(status)} · 14 tokens .* max new tokens reached"), timeout=WAIT)
+    tokens_and_reason = re.search(r"· (\d+ tokens? · ).*( · [a-z ]+)$", status.strip())   # however the run ended
+    expect(fresh.locator("#status")).to_contain_text(re.compile(
+        rf"Seed {seed_of(status)} · {tokens_and_reason[1]}.*{tokens_and_reason[2]}"), timeout=WAIT)
     assert output_text(fresh) == text
     fresh.screenshot(path=str(ARTIFACTS / "share-link.png"), full_page=True)
 
@@ -176,3 +177,26 @@ def test_the_printed_transformers_code_gives_the_pages_text(site, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.rstrip("\n") == text.rstrip("\n")
     page.screenshot(path=str(ARTIFACTS / "view-code.png"), full_page=True)
+
+
+def test_a_link_to_a_preset_applies_it_and_out_of_range_values_are_named(site):
+    page = open_page(site, query="?preset=greedy&top_p=0.005&max_new_tokens=4096&stop=a&stop=b&stop=c&stop=d&stop=e")
+    expect(page.locator("#prompt textarea")).to_have_value("### Lesson: The Water Cycle\n### Introduction\n",
+                                                           timeout=WAIT)
+    expect(page.locator("input[aria-label='number input for Temperature']")).to_have_value("0")
+    note = page.locator("#link-note")
+    expect(note).to_contain_text("Ignored from the link", timeout=WAIT)
+    text = note.inner_text()
+    assert "top_p=0.005 (outside this page's range, 0.01 to 1)" in text
+    assert "max_new_tokens=4096 (outside this page's range, 1 to 511)" in text and "at most 4 stop strings" in text
+    expect(page.locator("input[aria-label='number input for Max new tokens']")).to_have_value("200")   # the preset's
+
+
+def test_a_refused_value_leaves_the_last_result_in_place(site):
+    page = open_page(site)
+    text, status = run_to_end(page, 6)
+    set_seed(page, "1e3")
+    page.click("#generate")
+    expect(page.locator("#status")).to_contain_text("seed: expected a whole number", timeout=WAIT)
+    assert output_text(page) == text
+    expect(page.locator("#tokens .token.highlighted").first).to_be_visible()     # the token view is still there

@@ -112,6 +112,8 @@ def test_resolution_order(monkeypatch, tiny_dir, tmp_path):
     assert resolve_model(None)[0] == loading.DEFAULT_HUB_MODEL
     monkeypatch.setattr(loading, "hub_reachable", lambda: False)
     monkeypatch.setattr(loading, "BUNDLED_MODEL", tiny_dir)
+    assert resolve_model(None) == (str(tiny_dir), "bundled offline default (HF_HUB_OFFLINE is set)")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
     assert resolve_model(None) == (str(tiny_dir), "bundled offline default (Hub not reachable)")
     monkeypatch.setattr(loading, "BUNDLED_MODEL", tmp_path / "missing")
     with pytest.raises(ModelLoadError, match="--model PATH"):
@@ -177,3 +179,23 @@ def test_dtype_choice():
     assert loading.pick_dtype("bf16", cpu, 1) == torch.bfloat16
     with pytest.raises(ModelLoadError, match="unknown dtype"):
         loading.pick_dtype("int3", cpu, 1)
+
+
+def test_devices_files_and_listed_models_fail_in_one_sentence(tmp_path, tiny_dir, monkeypatch):
+    if not torch.cuda.is_available():
+        with pytest.raises(ModelLoadError, match="sees no CUDA GPU"):
+            loading.pick_device("cuda")
+    with pytest.raises(ModelLoadError, match="unknown device 'gpu'"):
+        loading.pick_device("gpu")
+    f = tmp_path / "README.md"
+    f.write_text("hi")
+    with pytest.raises(ModelLoadError, match="is a file, not a model folder"):
+        load(f)
+    monkeypatch.setenv("NUCLEUS_MODELS", os.pathsep.join([str(tmp_path / "nope"), str(f), str(tiny_dir)]))
+    monkeypatch.setattr(loading, "BUNDLED_MODEL", tmp_path / "missing")
+    assert ModelCatalog(str(tiny_dir), device="cpu", probe_hub=False).labels == [tiny_dir.name]
+
+
+def test_byte_pieces_read_as_their_characters():
+    from nucleus.tokenview import piece_text
+    assert piece_text("<0x0A>") == "\n" and piece_text("▁the") == " the" and piece_text("<0xE4>") == "<0xE4>"
