@@ -84,6 +84,8 @@ REMOTE_CONCURRENCY = 8     # with a remote engine (--backend): it batches reques
 MAX_PROMPT_CHARS = 16_000  # longer prompts are refused; a prompt longer than the context is cut, with a note
 MAX_SECONDS = 60.0         # default time limit per request (--max-seconds / NUCLEUS_MAX_SECONDS)
 API_UPDATE_SECONDS = 0.5   # /generate sends progress this often (and notices a dropped client)
+PAGE_UPDATE_SECONDS = 0.1  # the page redraws streamed text at most this often: a fast model would
+                           # otherwise re-render the whole text per token and swamp the browser
 ZERO_GPU_TOKENS_PER_SECOND = 15   # assumed speed when sizing a ZeroGPU lease (eager 1.13B on a GPU slice)
 DEFAULT_PRESET = "recipe"
 
@@ -463,10 +465,13 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
                     return
                 running[session] = cancel
                 local = isinstance(lm, nucleus.LoadedModel)   # a remote engine gives no per-token records
+                shown_at = 0.0
                 for update in nucleus.stream(lm, text, settings, cancel, max_seconds, record=10 if local else 0):
                     seen = shown_prompt(text, update)
                     if not update.done:
-                        yield seen + update.text, [(seen, None), (update.text, "generating")], _status(update), gr.skip()
+                        if time.monotonic() - shown_at >= PAGE_UPDATE_SECONDS:
+                            shown_at = time.monotonic()
+                            yield seen + update.text, [(seen, None), (update.text, "generating")], _status(update), gr.skip()
                         continue
                     done = {"prompt": text, "shown_prompt": seen, "text": update.text, "model": label, "remote": not local,
                             "settings": settings.replace(seed=update.seed,
@@ -591,10 +596,13 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
                     except (nucleus.ModelLoadError, SettingsError) as e:
                         raise _refuse(str(e)) from None
                     try:
+                        shown_at = 0.0
                         for update in nucleus.stream(lm, text, settings, cancel, max_seconds):
                             columns[col] = shown_prompt(text, update) + update.text
                             line = f"{'AB'[col]}: {label}, temperature {t:g} · " + _status(update)
-                            yield columns[0], columns[1], done_line + line
+                            if update.done or time.monotonic() - shown_at >= PAGE_UPDATE_SECONDS:
+                                shown_at = time.monotonic()
+                                yield columns[0], columns[1], done_line + line
                         done_line = line + "\n\n"    # A's final line stays while B runs
                     except (SettingsError, RemoteError) as e:
                         raise _refuse(str(e)) from None
