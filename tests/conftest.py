@@ -38,17 +38,18 @@ def tiny_lm(tiny_dir):
 
 
 @pytest.fixture(scope="session")
-def long_dir(tiny_dir, tmp_path_factory) -> Path:
-    """The tiny model with an 8,192-token context: runs long enough to be stopped or abandoned
-    mid-way on any machine (4,000 tokens), without a larger model."""
-    import json
-    import shutil
+def long_dir(tmp_path_factory) -> Path:
+    """A random Nucleus-family model with an 8,192-token context and more layers than "tiny": slow
+    enough that a run of several thousand tokens outlasts any Stop or disconnect a test makes, on
+    any machine, without a large model."""
+    from nucleus import architecture
+    from nucleus.tokenizer import load_tokenizer
 
     folder = tmp_path_factory.mktemp("long") / "long-context"
-    shutil.copytree(tiny_dir, folder)
-    cfg = json.loads((folder / "config.json").read_text())
-    cfg.update(max_position_embeddings=8192, sliding_window=8192)
-    (folder / "config.json").write_text(json.dumps(cfg))
+    cfg = architecture.config("tiny", hidden_size=128, intermediate_size=448, num_hidden_layers=6,
+                              max_position_embeddings=8192, sliding_window=8192)
+    architecture.build(cfg, seed=1).save_pretrained(folder)
+    load_tokenizer().save_pretrained(folder)
     return folder
 
 
