@@ -155,10 +155,14 @@ def test_int8_peak_memory_is_at_most_bf16s(tmp_path):
     the peak RSS that loading and running the model adds to a process, int8 against bf16.
     Before the fix int8 took 1.49x bf16's (file pages + int8 copy + a whole-weight buffer)."""
     from nucleus import architecture
+    from nucleus.tokenizer import load_tokenizer
 
     cfg = architecture.config("nano", hidden_size=1024, intermediate_size=3584,
                               num_attention_heads=16, num_key_value_heads=4)
     architecture.build(cfg, seed=0).to(torch.bfloat16).save_pretrained(tmp_path)
+    # Tokenizer files in the folder: without them each child converts mistral-common's SentencePiece
+    # file, and that conversion's peak memory varied by ~80 MB between runs (made this test flaky).
+    load_tokenizer().save_pretrained(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = {mode: subprocess.Popen([sys.executable, "-c", _PEAK_CHILD, str(tmp_path), mode], cwd=ROOT, env=env,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
