@@ -498,7 +498,7 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
         lease = lambda *a, **k: lease_seconds(a[8] if len(a) > 8 else None, max_seconds)  # noqa: E731
         queued = dict(api_visibility="private", concurrency_id="generate", concurrency_limit=concurrency)
 
-        def after_run(done, which_view, request: gr.Request):
+        def after_run(done, request: gr.Request):
             """Once a run ends: the token view, the Markdown view, the code panel, the seed button."""
             if not done:
                 return (gr.skip(),) * 9
@@ -520,7 +520,7 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
                          api_visibility="private").then(
                 snapshot, [prompt, output, history], history, queue=False, api_visibility="private").then(
                 _gpu_lease(fn, lease), run_inputs, run_outputs, **queued).then(
-                after_run, [last_run, view], after_outputs, api_visibility="private", queue=False)
+                after_run, last_run, after_outputs, api_visibility="private", queue=False)
 
         def prepare_continue(text, done, hist):
             """Continue: the whole text so far becomes the prompt (before any run: the prompt as it is)."""
@@ -533,7 +533,7 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
             prepare_continue, [prompt, last_run, history], [prompt, history], queue=False,
             api_visibility="private").then(
             _gpu_lease(run, lease), run_inputs, run_outputs, **queued).then(
-            after_run, [last_run, view], after_outputs, api_visibility="private", queue=False)
+            after_run, last_run, after_outputs, api_visibility="private", queue=False)
 
         def stop(clicked_ms, request: gr.Request):
             """Set the flags; the run ends within one token and writes the final status itself, so
