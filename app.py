@@ -26,9 +26,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"],
                    help="weights' dtype (default: auto = bfloat16 on GPU and for big models on CPU, else float32)")
-    p.add_argument("--quantize", default=os.environ.get("NUCLEUS_QUANTIZE", "auto"), choices=["auto", "int8", "none"],
-                   help="int8 weights for fast CPU decoding (default: NUCLEUS_QUANTIZE or auto = on CPU for "
-                        "models of >= 500M parameters); none switches it off")
+    p.add_argument("--quantize", default=os.environ.get("NUCLEUS_QUANTIZE", "auto"), choices=["auto", "int4", "int8", "none"],
+                   help="int4 or int8 weights for fast CPU decoding (default: NUCLEUS_QUANTIZE or auto = on CPU "
+                        "for models of >= 500M parameters, the faster of the two here); none switches it off")
     p.add_argument("--max-seconds", type=float, default=float(os.environ.get("NUCLEUS_MAX_SECONDS", 60)),
                    help="time limit of one request in seconds, prefill included (default: NUCLEUS_MAX_SECONDS "
                         "or 60); a run that reaches it ends with the finish reason 'time limit'")

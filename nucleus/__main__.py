@@ -44,9 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         sp.add_argument("--backend-engine", default=os.environ.get("NUCLEUS_BACKEND_ENGINE", "auto"),
                         choices=["auto", "vllm", "sglang", "llama.cpp", "transformers"])
         sp.add_argument("--quantize", default=os.environ.get("NUCLEUS_QUANTIZE", "auto"),
-                        choices=["auto", "int8", "none"],
-                        help="int8 weights for fast CPU decoding (default: NUCLEUS_QUANTIZE or auto = on CPU "
-                             "for models of >= 500M parameters)")
+                        choices=["auto", "int4", "int8", "none"],
+                        help="int4 or int8 weights for fast CPU decoding (default: NUCLEUS_QUANTIZE or auto = on "
+                             "CPU for models of >= 500M parameters, the faster of the two here)")
 
     g = sub.add_parser("generate", help="stream a completion to stdout")
     model_flags(g)

@@ -36,7 +36,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, GenerationConfig, Pr
                           PreTrainedTokenizerBase)
 
 from .architecture import count_params
-from .quantize import quantize_int8, resolve_mode
+from .quantize import quantize_model, resolve_mode
 from .tokenizer import load_tokenizer
 
 log = logging.getLogger("nucleus")
@@ -65,7 +65,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     n_params: int
-    quantization: str = "none"   # "int8": Linear weights stored as int8 (nucleus/quantize.py)
+    quantization: str = "none"   # "int8" / "int4": Linear weights stored so (nucleus/quantize.py)
 
     @property
     def name(self) -> str:
@@ -73,7 +73,7 @@ class LoadedModel:
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the weights (parameters and buffers, int8 ones included)."""
+        """Memory held by the weights (parameters and buffers, quantised ones included)."""
         return sum(t.numel() * t.element_size() for t in (*self.model.parameters(), *self.model.buffers()))
 
     @property
@@ -81,7 +81,7 @@ class LoadedModel:
         return int(self.model.config.max_position_embeddings)
 
     def describe(self) -> str:
-        weights = "int8 weights, bfloat16 activations" if self.quantization == "int8" else \
+        weights = f"{self.quantization} weights, bfloat16 activations" if self.quantization != "none" else \
             str(self.dtype).removeprefix("torch.")
         return (f"{self.name}: {self.n_params / 1e6:,.1f}M parameters, {weights} "
                 f"on {self.device.type}, context {self.context_length} tokens")
@@ -305,7 +305,7 @@ class _Plan:
     config: object
     device: torch.device
     n_params: int       # from the config (0 when not a Mistral)
-    mode: str           # "int8" or "none"
+    mode: str           # "int4", "int8" or "none"
     dtype: torch.dtype
 
 
@@ -322,13 +322,14 @@ def _plan(source: str, device: str, dtype: str | torch.dtype, quantize: str) -> 
         mode = resolve_mode(quantize, dev, n)
     except ValueError as e:
         raise ModelLoadError(str(e)) from None
-    return _Plan(path, files, cfg, dev, n, mode, torch.bfloat16 if mode == "int8" else pick_dtype(dtype, dev, n))
+    return _Plan(path, files, cfg, dev, n, mode, torch.bfloat16 if mode != "none" else pick_dtype(dtype, dev, n))
 
 
 def load(source: str | os.PathLike, device: str = "auto", dtype: str | torch.dtype = "auto",
          quantize: str = "auto") -> LoadedModel:
     """Load a causal LM and its tokenizer from a Hub id or a local folder, ready for generation.
-    quantize: "auto" (int8 weights on CPU for models of >= 500M parameters), "int8" or "none"."""
+    quantize: "auto" (on CPU, for models of >= 500M parameters, int4 or int8 weights, whichever
+    kernel is faster on this machine), "int4", "int8" or "none"."""
     source = str(source)
     plan = _plan(source, device, dtype, quantize)
     path, cfg = plan.path, plan.config
@@ -344,8 +345,8 @@ def load(source: str | os.PathLike, device: str = "auto", dtype: str | torch.dty
     # leaves unset from model.generation_config, so keep only the special token ids there.
     model.generation_config = GenerationConfig(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
                                                pad_token_id=getattr(cfg, "pad_token_id", None))
-    if plan.mode == "int8":
-        quantize_int8(model)
+    if plan.mode != "none":
+        quantize_model(model, plan.mode)
     model.to(plan.device).eval()
     return LoadedModel(model, load_tokenizer(path), source, path, plan.device, plan.dtype, n, plan.mode)
 
