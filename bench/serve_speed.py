@@ -1,15 +1,25 @@
-"""Serving speed: plain Hugging Face `generate` against the Nucleus serving path, side by side.
+"""Serving speed on CPU: plain Hugging Face `generate`, Nucleus int8 and int4, and llama.cpp.
 
-    python bench/serve_speed.py                       # CPU: random-weight 1.13B Nucleus + bundled nano
-    python bench/serve_speed.py --models nano --new-tokens 64
+    python bench/serve_speed.py                       # random-weight 1.13B Nucleus + bundled nano
+    python bench/serve_speed.py --models 1b --llama-cpp-dir path/to/llama.cpp --work runs/serve-speed
 
-For each model it measures, for both paths, batch-1 decode tokens/s (sampling at temperature 0.8,
-top-p 0.9 from a 16-token prompt), time to first token for a 512-token prompt, and the peak
-resident memory of the process, then prints the ratios. Each (model, path) runs in its own child
-process so that peak memory and caches of one do not leak into the other; all in one run on
-one machine. Baseline: `MistralForCausalLM` in bf16 and `model.generate` (what a Space would do
-without this project). Ours: `nucleus.load(quantize="auto")` and `nucleus.stream`, as the Space
-serves. No Hub needed: the 1.13B model has random weights (speed does not depend on them).
+For each model it measures, for every path, batch-1 decode tokens/s (sampling at temperature 0.8,
+top-p 0.9 from a 16-token prompt), the time to first token of a 512-token prompt (prefill), and
+the peak resident memory of the process, then prints the ratios. Each (model, path) runs in its
+own child process so that peak memory and caches of one do not leak into the other; all in one
+run on one machine, with the same number of threads.
+
+Paths:
+- baseline: `MistralForCausalLM` in bf16 and `model.generate` (a Space without this project);
+- nucleus-int8, nucleus-int4: `nucleus.load(quantize=...)` and `nucleus.generate`, as the Space
+  serves (auto picks one of them on CPU, see nucleus/quantize.py);
+- llama.cpp-q8_0, llama.cpp-q4_0: when `llama-cpp-python` is installed and `--llama-cpp-dir`
+  names a llama.cpp source tree: the checkpoint converted by llama.cpp's own
+  `convert_hf_to_gguf.py` (Q8_0 directly; Q4_0 quantised from its F16 file by llama.cpp's
+  quantiser), run through llama-cpp-python with the same thread count.
+The quality gate (nucleus/quality.py) of int8 and int4 against bf16 is printed for each model; it
+means something only for trained weights (the nano), not for the random 1.13B.
+No Hub needed: the 1.13B model has random weights (speed does not depend on them).
 """
 from __future__ import annotations
 
@@ -61,6 +71,41 @@ def peak_rss() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def measure_llama_cpp(path: str, gguf: str, folder: str, new_tokens: int, ctx_tokens: int) -> dict:
+    """Runs in the child process: the same three figures through llama-cpp-python."""
+    from llama_cpp import Llama
+
+    from nucleus.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(folder)
+    threads = torch.get_num_threads()
+    t0 = time.perf_counter()
+    llm = Llama(model_path=gguf, n_threads=threads, n_threads_batch=threads, n_ctx=ctx_tokens + 64,
+                n_batch=ctx_tokens, seed=0, verbose=False)
+    load_s = time.perf_counter() - t0
+
+    def run(ids, n):
+        llm.reset()                                   # no prefix reuse between runs
+        got = 0
+        for _ in llm.generate(ids[0].tolist(), temp=SAMPLING["temperature"], top_p=SAMPLING["top_p"],
+                              top_k=0, min_p=0.0, repeat_penalty=1.0, reset=True):
+            got += 1
+            if got == n:                              # a count, not EOS: random weights may emit it
+                break
+        return got
+    run(prompt_ids(tok, 8), 2)
+    t = time.perf_counter()
+    n = run(prompt_ids(tok, 16), new_tokens)
+    decode_s = time.perf_counter() - t
+    t = time.perf_counter()
+    run(prompt_ids(tok, ctx_tokens), 1)
+    ttft = time.perf_counter() - t
+    llm.close()
+    return {"path": path, "weights": Path(gguf).stem.rsplit("-", 1)[-1], "new_tokens": n,
+            "tok_per_s": round(n / decode_s, 2), "ttft_s": round(ttft, 2), "load_s": round(load_s, 1),
+            "peak_rss_gb": round(peak_rss() / 1e9, 2), "threads": threads}
+
+
 def measure(path: str, folder: str, new_tokens: int, ctx_tokens: int) -> dict:
     """Runs in the child process."""
     import nucleus
@@ -80,7 +125,7 @@ def measure(path: str, folder: str, new_tokens: int, ctx_tokens: int) -> dict:
             return out.shape[1] - ids.shape[1]
         weights = "bfloat16"
     else:
-        lm = nucleus.load(folder, device="cpu")
+        lm = nucleus.load(folder, device="cpu", quantize=path.removeprefix("nucleus-"))
         load_s = time.perf_counter() - t0
         tok = lm.tokenizer
 
@@ -102,22 +147,90 @@ def measure(path: str, folder: str, new_tokens: int, ctx_tokens: int) -> dict:
             "threads": torch.get_num_threads()}
 
 
-def agreement(folder: str, prompts: int = 8, length: int = 64) -> dict:
-    """Quality gate: top-1 next-token agreement of the int8 model with the unquantised bf16 model
-    (what plain HF serves on CPU) on a fixed prompt set: 8 windows of this README."""
+def gate(folder: str) -> dict:
+    """The quality gate (nucleus/quality.py) of int8 and int4 against plain transformers in bf16."""
     import nucleus
+    from nucleus import quality
+    from nucleus.tokenizer import load_tokenizer
     from transformers import MistralForCausalLM
 
     ref = MistralForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).eval()
-    quant = nucleus.load(folder, device="cpu", quantize="int8").model
-    from nucleus.tokenizer import load_tokenizer
-
     tok = load_tokenizer(folder)
-    ids = prompt_ids(tok, prompts * length + 1)[:, 1:].reshape(prompts, length)
-    with torch.inference_mode():
-        a, b = ref(ids).logits.argmax(-1), quant(ids).logits.argmax(-1)
-    return {"path": "quality", "top1_agreement_int8_vs_bf16": round((a == b).float().mean().item(), 4),
-            "positions": a.numel()}
+    out = {"path": "quality"}
+    for mode in ("int8", "int4"):
+        quant = nucleus.load(folder, device="cpu", quantize=mode).model
+        out[mode] = quality.compare(ref, quant, tok).as_dict()
+        del quant
+    return out
+
+
+def gguf_check(folder: str, work: str, new_tokens: int = 32) -> dict:
+    """Runs in the child: Nucleus's own GGUF export (train/export.py --gguf f16) read by llama.cpp.
+    Checks that llama.cpp splits text into the same ids as the Nucleus tokenizer, and that its
+    greedy continuation equals plain transformers' (fp32, no repetition penalty) for new_tokens."""
+    from llama_cpp import Llama
+    from transformers import AutoModelForCausalLM
+
+    from nucleus import presets, quality
+    from nucleus.tokenizer import load_tokenizer
+    from train import export
+
+    out = export.main(["--checkpoint", folder, "--out", str(Path(work) / f"{Path(folder).name}-nucleus-f16.gguf"),
+                       "--gguf", "f16"])
+    tok = load_tokenizer(folder)
+    llm = Llama(model_path=str(out), n_threads=torch.get_num_threads(), n_ctx=1024, verbose=False)
+    prompts = [pr.prompt for pr in presets.load_presets().values()]
+    texts = list(quality.HELD_OUT) + prompts
+    same_ids = sum(llm.tokenize(t.encode(), add_bos=True) == [tok.bos_token_id] + tok.encode(t, add_special_tokens=False)
+                   for t in texts)
+    ref = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    greedy_equal = 0
+    for prompt in prompts:
+        ids = [tok.bos_token_id] + tok.encode(prompt, add_special_tokens=False)
+        llm.reset()
+        got = []
+        for t in llm.generate(ids, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
+            got.append(t)
+            if len(got) == new_tokens:
+                break
+        with torch.inference_mode():
+            want = ref.generate(torch.tensor([ids]), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                do_sample=False, repetition_penalty=1.0, pad_token_id=tok.eos_token_id)
+        greedy_equal += got == want[0, len(ids):].tolist()
+    llm.close()
+    return {"path": "gguf", "file": str(out), "tokenization_equal": f"{same_ids}/{len(texts)}",
+            "greedy_equal": f"{greedy_equal}/{len(prompts)}", "new_tokens": new_tokens}
+
+
+def gguf_files(folder: Path, work: Path, llama_dir: Path) -> dict[str, Path]:
+    """Q8_0 and Q4_0 GGUF files of `folder`, made once with llama.cpp's own tools and kept in `work`."""
+    import llama_cpp
+
+    convert = llama_dir / "convert_hf_to_gguf.py"
+    if not convert.is_file():
+        raise SystemExit(f"--llama-cpp-dir: no convert_hf_to_gguf.py in {llama_dir}")
+    out = {}
+    for kind in ("f16", "q8_0"):
+        dest = work / f"{folder.name}-{kind}.gguf"
+        if not dest.is_file():
+            print(f"converting {folder.name} to {kind} with llama.cpp's converter ...", file=sys.stderr, flush=True)
+            done = subprocess.run([sys.executable, str(convert), str(folder), "--outtype", kind,
+                                   "--outfile", str(dest) + ".part"], capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"llama.cpp's converter failed:\n{done.stderr[-3000:]}")
+            os.replace(str(dest) + ".part", dest)
+        out[kind] = dest
+    q4 = work / f"{folder.name}-q4_0.gguf"
+    if not q4.is_file():
+        print("quantising to q4_0 with llama.cpp's quantiser ...", file=sys.stderr, flush=True)
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+        params.nthread = torch.get_num_threads()
+        if llama_cpp.llama_model_quantize(str(out["f16"]).encode(), (str(q4) + ".part").encode(), params) != 0:
+            raise SystemExit("llama.cpp's quantiser failed")
+        os.replace(str(q4) + ".part", q4)
+    out["q4_0"] = q4
+    return out
 
 
 def main(argv=None) -> list[dict]:
@@ -125,39 +238,79 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--device", default="cpu", choices=["cpu"],
                    help="cpu (the GPU comparison needs a GPU machine; see README)")
     p.add_argument("--models", default="1b,nano", help="comma list of: 1b (random weights), nano (bundled)")
+    p.add_argument("--paths", default="baseline,nucleus-int8,nucleus-int4,llama.cpp-q8_0,llama.cpp-q4_0,quality,gguf",
+                   help="comma list of the paths to run (default: all; llama.cpp-* need --llama-cpp-dir; gguf, "
+                        "Nucleus's own F16 GGUF export run in llama.cpp, needs llama-cpp-python)")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--prompt-tokens", type=int, default=512, help="prompt length for time to first token")
-    p.add_argument("--work", default=None, help="where to keep the random 1.13B checkpoint (default: temp dir)")
-    p.add_argument("--child", nargs=2, metavar=("PATH", "FOLDER"), help=argparse.SUPPRESS)
+    p.add_argument("--work", default=None, help="where to keep the random 1.13B checkpoint and GGUF files "
+                                                "(default: a temp dir)")
+    p.add_argument("--llama-cpp-dir", type=Path, default=os.environ.get("LLAMA_CPP_DIR"),
+                   help="a llama.cpp source tree (for convert_hf_to_gguf.py; default: LLAMA_CPP_DIR)")
+    p.add_argument("--child", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        result = (agreement(args.child[1]) if args.child[0] == "quality" else
-                  measure(args.child[0], args.child[1], args.new_tokens, args.prompt_tokens))
+        path, folder, *rest = args.child
+        if path == "quality":
+            result = gate(folder)
+        elif path == "gguf":
+            result = gguf_check(folder, rest[0])
+        elif path.startswith("llama.cpp"):
+            result = measure_llama_cpp(path, rest[0], folder, args.new_tokens, args.prompt_tokens)
+        else:
+            result = measure(path, folder, args.new_tokens, args.prompt_tokens)
         print(json.dumps(result))
         return []
 
     from nucleus.loading import BUNDLED_MODEL
 
+    paths = args.paths.split(",")
+    llama = [q for q in paths if q.startswith("llama.cpp") or q == "gguf"]
+    if llama:
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            print("llama-cpp-python is not installed: skipping the llama.cpp paths (README: CPU serving)",
+                  file=sys.stderr)
+            paths = [q for q in paths if q not in llama]
+        else:
+            if args.llama_cpp_dir is None and any(q.startswith("llama.cpp") for q in paths):
+                raise SystemExit("the llama.cpp paths need --llama-cpp-dir (or LLAMA_CPP_DIR): a llama.cpp "
+                                 "source tree, for its convert_hf_to_gguf.py")
     work = Path(args.work or tempfile.mkdtemp(prefix="nucleus-serve-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(json.dumps({"threads": torch.get_num_threads(), "load_average": os.getloadavg()}), flush=True)
     results = []
     for name in args.models.split(","):
         folder = make_random_1b(work / "nucleus-1b-random") if name == "1b" else BUNDLED_MODEL
+        ggufs = gguf_files(folder, work, args.llama_cpp_dir) if any(q.startswith("llama.cpp") for q in paths) else {}
         rows = {}
-        for path in ("baseline", "nucleus", "quality"):
-            out = subprocess.run([sys.executable, __file__, "--child", path, str(folder), "--new-tokens",
-                                  str(args.new_tokens), "--prompt-tokens", str(args.prompt_tokens)],
+        for path in paths:
+            extra = ([str(ggufs[path.split("-", 1)[1]])] if path.startswith("llama.cpp") else
+                     [str(work)] if path == "gguf" else [])
+            out = subprocess.run([sys.executable, __file__, "--new-tokens", str(args.new_tokens), "--prompt-tokens",
+                                  str(args.prompt_tokens), "--child", path, str(folder), *extra],
                                  capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
             if out.returncode:
                 raise SystemExit(f"{name}/{path} failed:\n{out.stderr[-3000:]}")
             rows[path] = json.loads(out.stdout.strip().splitlines()[-1])
             print(json.dumps({"model": name, **rows[path]}), flush=True)
-        b, o = rows["baseline"], rows["nucleus"]
-        summary = {"model": name, "decode_speedup": round(o["tok_per_s"] / b["tok_per_s"], 2),
-                   "top1_agreement_int8_vs_bf16": rows["quality"]["top1_agreement_int8_vs_bf16"],
-                   "ttft_ratio": round(b["ttft_s"] / o["ttft_s"], 2),
-                   "peak_rss_ratio": round(o["peak_rss_gb"] / b["peak_rss_gb"], 2)}
+        summary = {"model": name, "load_average": os.getloadavg()}
+        if "baseline" in rows:
+            b = rows["baseline"]
+            for path, r in rows.items():
+                if path not in ("baseline", "quality"):
+                    summary[f"{path}_decode_vs_baseline"] = round(r["tok_per_s"] / b["tok_per_s"], 2)
+        if "nucleus-int4" in rows and "llama.cpp-q4_0" in rows:
+            o, l = rows["nucleus-int4"], rows["llama.cpp-q4_0"]
+            summary["int4_decode_vs_llama.cpp_q4_0"] = round(o["tok_per_s"] / l["tok_per_s"], 2)
+            summary["int4_prefill_speedup_vs_llama.cpp_q4_0"] = round(l["ttft_s"] / o["ttft_s"], 2)
+        if "quality" in rows:
+            summary.update({f"gate_{m}": rows["quality"][m]["passed"] for m in ("int8", "int4")})
+        if "gguf" in rows:
+            summary["gguf_greedy_equal"] = rows["gguf"]["greedy_equal"]
         print(json.dumps(summary), flush=True)
-        results += [{"model": name, **b}, {"model": name, **o}, summary]
+        results += [{"model": name, **r} for r in rows.values()] + [summary]
     return results
 
 

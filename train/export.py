@@ -2,10 +2,13 @@
 
     python -m train.export --checkpoint runs/pretrain/checkpoints/step-0001000 --out exports/my-nucleus
     python -m train.export --checkpoint ... --out ... --push-to-hub your-name/my-nucleus
+    python -m train.export --checkpoint exports/my-nucleus --out my-nucleus-q4_0.gguf --gguf q4_0
 
 The folder holds model.safetensors, config.json, generation_config.json (the recommended
 sampling defaults), the tokenizer files and README.md (data, steps, tokens seen, held-out loss).
 The training engine calls `export()` itself at the end of every run (OUTPUT_DIR/final).
+With --gguf f16|bf16|q8_0|q4_0 the export is instead one GGUF file for llama.cpp, Ollama or
+LM Studio (train/gguf_file.py).
 """
 from __future__ import annotations
 
@@ -135,7 +138,13 @@ def parse_args(argv=None):
     p.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="weights on disk; bfloat16 halves the size (the bundled nano is stored so)")
-    return p.parse_args(argv)
+    p.add_argument("--gguf", default=None, choices=["f16", "bf16", "q8_0", "q4_0"],
+                   help="write --out as one GGUF file of this type (llama.cpp, Ollama, LM Studio) "
+                        "instead of a Hugging Face folder")
+    args = p.parse_args(argv)
+    if args.gguf and args.push_to_hub:
+        p.error("--push-to-hub uploads a Hugging Face folder; export that, then the GGUF separately")
+    return args
 
 
 def main(argv=None) -> Path:
@@ -143,6 +152,13 @@ def main(argv=None) -> Path:
 
     args = parse_args(argv)
     ckpt = Path(args.checkpoint)
+    if args.gguf:
+        from .gguf_file import write_gguf
+
+        lm = load(ckpt, device="cpu", dtype=torch.float32, quantize="none")
+        out = write_gguf(lm.model, lm.tokenizer, lm.path, args.out, args.gguf)
+        print(f"wrote {out} ({out.stat().st_size / 1e6:,.1f} MB, {args.gguf})")
+        return out
     lm = load(ckpt, device="cpu", dtype=getattr(torch, args.dtype), quantize="none")
     # any model folder exports: what its files do not record, the card says is unknown
     cfg = {"stage": "unknown", "init": str(ckpt), "size": "unknown", "dataset": "unknown", "text_field": "text",
