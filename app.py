@@ -205,8 +205,8 @@ def token_entries(prompt_shown: str, records) -> tuple[list[tuple[str, str | Non
     it; and which record each entry shows (entries with no text are left out)."""
     entries, index = [(prompt_shown, None)], [-1]
     for i, r in enumerate(records):
-        if r.text:
-            entries.append((r.text, bucket(math.exp(r.raw_logprob))))
+        if r.text:   # an engine may not give a token's logprob (NaN): then it is shown unlabelled
+            entries.append((r.text, bucket(math.exp(r.raw_logprob)) if r.raw_logprob == r.raw_logprob else None))
             index.append(i)
     return entries, index
 
@@ -228,6 +228,15 @@ STAGE_NAMES = {"penalties": "the repetition penalty / no-repeat n-gram", "top-k"
 
 def inspect_step(record, step: int, settings: dict) -> tuple[str, list[list]]:
     """The inspector for one token: a summary sentence and the candidates table."""
+    if record.final != record.final:     # NaN: from a remote engine's logprobs, the model's column only
+        p = math.exp(record.raw_logprob) if record.raw_logprob == record.raw_logprob else None
+        summary = (f"Token {step + 1}, {code_span(record.text)}"
+                   + (f", had probability **{p:.3g}** as the inference engine reports it." if p is not None else ".")
+                   + " The engine gives its top alternatives, not what each sampling setting did, so only the "
+                     "model column is filled.")
+        rows = [[c.token, round(100 * c.raw, 3) if c.raw == c.raw else None, None, None, None,
+                 "✔ chosen" if c.token_id == record.token_id else ""] for c in record.candidates]
+        return summary, rows
     chosen = f"Token {step + 1}, {code_span(record.text)}, "
     if record.greedy:
         chosen += "was the most likely token after the penalties (temperature 0 = greedy)."
@@ -464,16 +473,19 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
                     yield gr.skip(), gr.skip(), "Stopped before it started.", gr.skip()
                     return
                 running[session] = cancel
-                local = isinstance(lm, nucleus.LoadedModel)   # a remote engine gives no per-token records
+                local = isinstance(lm, nucleus.LoadedModel)
+                # a remote engine's records come from the logprobs it returns; transformers serve returns none
+                record = 10 if local or lm.engine != "transformers" else 0
                 shown_at = 0.0
-                for update in nucleus.stream(lm, text, settings, cancel, max_seconds, record=10 if local else 0):
+                for update in nucleus.stream(lm, text, settings, cancel, max_seconds, record=record):
                     seen = shown_prompt(text, update)
                     if not update.done:
                         if time.monotonic() - shown_at >= PAGE_UPDATE_SECONDS:
                             shown_at = time.monotonic()
                             yield seen + update.text, [(seen, None), (update.text, "generating")], _status(update), gr.skip()
                         continue
-                    done = {"prompt": text, "shown_prompt": seen, "text": update.text, "model": label, "remote": not local,
+                    done = {"prompt": text, "shown_prompt": seen, "text": update.text, "model": label,
+                            "remote": None if local else lm.engine,
                             "settings": settings.replace(seed=update.seed,
                                                          max_new_tokens=update.max_new_tokens).to_dict(),
                             "records": update.records, "source": lm.source, "dtype": str(lm.dtype),
@@ -508,8 +520,14 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
                                                    if request else "http://127.0.0.1:7860/")
             code = snippets(done["prompt"], st, done["source"], done["model"], space,
                             done["dtype"].removeprefix("torch."), done["quantized"])
-            hint = ("The inference engine behind this Space gives no per-token records: the token view is "
-                    "plain text." if done["remote"] else "Select a token above to see its candidates.")
+            if not done["remote"]:
+                hint = "Select a token above to see its candidates."
+            elif done["records"]:
+                hint = (f"Token probabilities as the inference engine behind this Space ({done['remote']}) reports "
+                        "them: select a token above to see its top alternatives.")
+            else:
+                hint = (f"The inference engine behind this Space ({done['remote']}) returns no token probabilities: "
+                        "the token view is plain text.")
             return (entries, index, md_literal(done["shown_prompt"] + done["text"]), code["python"],
                     code["gradio_client"], code["cli"], code["curl"], gr.Button(visible=True), hint)
 

@@ -193,8 +193,8 @@ def stream(lm: LoadedModel, prompt: str, settings: SamplingSettings,
         raise SettingsError("prompt", f"expected text, got {type(prompt).__name__}")
     if max_time is not None and not max_time > 0:
         raise ValueError(f"max_time must be > 0 seconds, got {max_time!r}")
-    if isinstance(lm, RemoteModel):   # an inference engine elsewhere: no per-token records, its own logprobs
-        yield from stream_remote(lm, prompt, settings, cancel, max_time, logprobs=record)
+    if isinstance(lm, RemoteModel):   # an inference engine elsewhere: records from the logprobs it returns
+        yield from stream_remote(lm, prompt, settings, cancel, max_time, logprobs=record, records=record)
         return
     cancel = cancel or threading.Event()
     fit = fit_context(encode_prompt(lm.tokenizer, prompt), settings.max_new_tokens, lm.context_length)

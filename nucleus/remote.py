@@ -14,6 +14,13 @@ batch requests on one GPU and scale out; they all speak the OpenAI completions A
   `transformers serve` takes a whole GenerationConfig as JSON, so every field is sent.
 A setting the engine cannot honour is refused with a sentence, never dropped in silence.
 
+Token probabilities: with `logprobs` (the API) or `records` (the page's token view) the engine is
+asked for that many alternatives per token, in either shape engines send them (OpenAI's legacy
+completions lists, as vLLM and SGLang do, or per-token objects as llama.cpp's server does);
+they become OpenAI legacy lists for the API and TokenRecords for the page. Engines report the
+model's probabilities (or, by their settings, the sampled ones), not what each sampling
+setting did, so those records hold the model's column only. `transformers serve` returns none.
+
 Streaming is server-sent events over httpx. Stop (or a dropped visitor) closes the response,
 and the engines end a request whose client has gone. An engine that is down or fails mid-run
 becomes one sentence (`RemoteError`); the next request tries again.
@@ -124,7 +131,8 @@ def request_body(rm: RemoteModel, prompt: str, settings: SamplingSettings, seed:
         if settings.repetition_penalty != 1.0:
             raise SettingsError("repetition_penalty", "llama.cpp's repeat penalty is another rule (over the last "
                                                       "64 tokens); use 1 with this backend")
-        body.update(top_k=settings.top_k, min_p=settings.min_p)
+        # repeat_penalty spelled out: llama-cpp-python's server defaults to 1.1 (llama.cpp's own to 1.0)
+        body.update(top_k=settings.top_k, min_p=settings.min_p, repeat_penalty=1.0)
     else:   # vLLM and SGLang: extra sampling parameters in the body; top_k -1 = off in vLLM
         body.update(top_k=settings.top_k or -1, min_p=settings.min_p, repetition_penalty=settings.repetition_penalty)
     return body
@@ -145,10 +153,66 @@ def _error_text(response: httpx.Response) -> str:
     return f"{response.status_code}: {detail}"
 
 
+def _add_logprobs(lp: dict, got, piece: str) -> None:
+    """Append one chunk's log-probabilities to `lp` (OpenAI legacy lists, plus "ids" where known).
+    Legacy shape (vLLM, SGLang): {tokens, token_logprobs, top_logprobs: [{text: logprob}], ...}.
+    Per-token shape (llama.cpp's server): {content: [{id, token, logprob, top_logprobs: [{id,
+    token, logprob}]}]}."""
+    if not isinstance(got, dict):
+        return
+    if isinstance(got.get("content"), list):
+        for item in got["content"]:
+            if not isinstance(item, dict):
+                continue
+            lp["text_offset"].append(sum(len(t) for t in lp["tokens"]))
+            lp["tokens"].append(str(item.get("token", "")))
+            lp["token_logprobs"].append(item.get("logprob"))
+            lp["ids"].append(item.get("id"))
+            tops = item.get("top_logprobs") or []
+            lp["top_logprobs"].append({str(t.get("token", "")): t.get("logprob") for t in tops if isinstance(t, dict)})
+        return
+    for text in got.get("tokens") or []:     # offsets into the generated text (engines count the prompt too)
+        lp["text_offset"].append(sum(len(t) for t in lp["tokens"]))
+        lp["tokens"].append(text)
+    for key in ("token_logprobs", "top_logprobs"):
+        lp[key] += got.get(key) or []
+    lp["ids"] += [None] * (len(lp["tokens"]) - len(lp["ids"]))
+
+
+def remote_records(lp: dict, shown: str, greedy: bool) -> tuple:
+    """TokenRecords from an engine's log-probabilities, for the tokens whose text is shown (a stop
+    string and what follows are cut). Only the model column is known: the stages are NaN."""
+    import math
+
+    from .tokenview import Candidate, TokenRecord
+
+    nan, records, at = float("nan"), [], 0
+    for i, text in enumerate(lp["tokens"]):
+        if at >= len(shown) and text:
+            break
+        at += len(text)
+        chosen_lp = lp["token_logprobs"][i] if i < len(lp["token_logprobs"]) else None
+        chosen_lp = float(chosen_lp) if isinstance(chosen_lp, (int, float)) else nan
+        token_id = lp["ids"][i] if i < len(lp["ids"]) and isinstance(lp["ids"][i], int) else -1
+        tops = lp["top_logprobs"][i] if i < len(lp["top_logprobs"]) and isinstance(lp["top_logprobs"][i], dict) else {}
+        cands = {}
+        for piece, value in tops.items():
+            if isinstance(value, (int, float)) and piece not in cands:
+                # the chosen one carries the record's id; the others an id no record has
+                cands[piece] = Candidate(token_id if piece == text else -2, piece, math.exp(value), nan, nan, nan, None)
+        if text not in cands:
+            cands[text] = Candidate(token_id, text, math.exp(chosen_lp) if chosen_lp == chosen_lp else nan,
+                                    nan, nan, nan, None)
+        ordered = tuple(sorted(cands.values(), key=lambda c: -(c.raw if c.raw == c.raw else -1)))
+        records.append(TokenRecord(token_id, text, chosen_lp, nan, ordered, {}, 0, greedy))
+    return tuple(records)
+
+
 def stream_remote(rm: RemoteModel, prompt: str, settings: SamplingSettings, cancel: threading.Event | None = None,
-                  max_time: float | None = None, logprobs: int = 0) -> Iterator:
+                  max_time: float | None = None, logprobs: int = 0, records: int = 0) -> Iterator:
     """Yield generation Updates from the engine; the last has done=True. `logprobs` asks the engine
-    for that many alternatives per token (the last update then carries them, OpenAI-shaped)."""
+    for that many alternatives per token (the last update then carries them, OpenAI-shaped);
+    `records` for the page's token view (the last update then carries TokenRecords)."""
     import random
 
     from .generation import Update, cut_at_stop
@@ -157,9 +221,11 @@ def stream_remote(rm: RemoteModel, prompt: str, settings: SamplingSettings, canc
         raise SettingsError("prompt", f"expected text, got {type(prompt).__name__}")
     cancel = cancel or threading.Event()
     seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**31)
-    body = request_body(rm, prompt, settings, seed, logprobs)
+    if records and rm.engine == "transformers":
+        records = 0                   # it returns none; the page says so instead of refusing the run
+    body = request_body(rm, prompt, settings, seed, max(logprobs, records))
     start, text, tokens, reason = time.perf_counter(), "", 0, None
-    lp = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    lp = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": [], "ids": []}
     timeout = httpx.Timeout(CONNECT_SECONDS, read=max_time or 600.0)
     try:
         with httpx.Client(timeout=timeout, headers=_headers(rm.api_key)) as client, \
@@ -186,8 +252,7 @@ def stream_remote(rm: RemoteModel, prompt: str, settings: SamplingSettings, canc
                 if piece:
                     text += piece
                     tokens += 1
-                for key in lp:
-                    lp[key] += (choice.get("logprobs") or {}).get(key) or []
+                _add_logprobs(lp, choice.get("logprobs"), piece)
                 usage = chunk.get("usage") or {}
                 tokens = usage.get("completion_tokens", tokens)
                 reason = choice.get("finish_reason") or reason
@@ -201,8 +266,13 @@ def stream_remote(rm: RemoteModel, prompt: str, settings: SamplingSettings, canc
     elif reason not in ("cancelled", "time", "length"):
         reason = "length" if tokens >= settings.max_new_tokens else "eos"
     shown, _ = cut_at_stop(text, settings.stop)
+    legacy = {k: v for k, v in lp.items() if k != "ids"}
+    if logprobs and lp["tokens"]:     # at most the alternatives the caller asked for
+        legacy["top_logprobs"] = [dict(sorted(t.items(), key=lambda kv: -kv[1])[:logprobs]) if isinstance(t, dict)
+                                  else t for t in legacy["top_logprobs"]]
     yield Update(shown, tokens, time.perf_counter() - start, seed, True, reason,
-                 max_new_tokens=settings.max_new_tokens, logprobs=lp if logprobs and lp["tokens"] else None)
+                 records=remote_records(lp, shown, settings.greedy) if records and lp["tokens"] else (),
+                 max_new_tokens=settings.max_new_tokens, logprobs=legacy if logprobs and lp["tokens"] else None)
 
 
 class RemoteCatalog:

@@ -110,6 +110,7 @@ def test_settings_an_engine_cannot_honour_are_refused():
     body = request_body(vllm, "hi", SamplingSettings(top_k=0, min_p=0.1, repetition_penalty=1.4), 1, 2)
     assert body["top_k"] == -1 and body["min_p"] == 0.1 and body["repetition_penalty"] == 1.4 and body["logprobs"] == 2
     cpp = RemoteModel("http://x/v1", "m", "llama.cpp", 512, None)
+    assert request_body(cpp, "hi", SamplingSettings(repetition_penalty=1.0), 1, 0)["repeat_penalty"] == 1.0
     with pytest.raises(SettingsError, match="repetition_penalty"):
         request_body(cpp, "hi", SamplingSettings(repetition_penalty=1.5), 1, 0)
 

@@ -1,0 +1,108 @@
+"""Token probabilities from a remote engine: the two shapes engines stream them in become the API's
+OpenAI lists and the page's token records. The engine here is a scripted SSE server on loopback
+that replays chunks shaped as vLLM (OpenAI legacy lists) and llama.cpp's server (per-token
+objects) send them; tests/test_remote.py runs a real engine (transformers serve, no logprobs)."""
+import json
+import math
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+import app
+from nucleus.remote import RemoteModel, stream_remote
+from nucleus.settings import SamplingSettings
+
+# (text, logprob, {alternative: logprob}, id) per token; " cats" loses to " dogs" at step 2
+STEPS = [(" I", -0.1, {" I": -0.1, " We": -2.5}, 315), (" like", -0.7, {" like": -0.7, " love": -0.9}, 737),
+         (" dogs", -1.2, {" cats": -0.8, " dogs": -1.2, " fish": -3.0}, 8805), (".", -0.05, {".": -0.05}, 28723),
+         ("\nEND", -0.3, {"\nEND": -0.3}, 13)]
+
+
+def legacy_chunks():
+    for text, lp, tops, _ in STEPS:
+        yield {"choices": [{"text": text, "logprobs": {"tokens": [text], "token_logprobs": [lp],
+                                                       "top_logprobs": [tops], "text_offset": [99]}}]}
+
+
+def per_token_chunks():
+    for text, lp, tops, tid in STEPS:
+        yield {"choices": [{"text": text, "logprobs": {"content": [{
+            "id": tid, "token": text, "logprob": lp,
+            "top_logprobs": [{"id": tid if t == text else 9, "token": t, "logprob": v} for t, v in tops.items()]}]}}]}
+
+
+class Engine(ThreadingHTTPServer):
+    def __init__(self, chunks):
+        self.chunks, self.bodies = chunks, []
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+    def do_POST(self):
+        self.server.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for chunk in self.server.chunks():
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        self.wfile.write(b"data: [DONE]\n\n")
+
+
+@pytest.fixture(params=["vllm", "llama.cpp"])
+def served(request):
+    engine = Engine(legacy_chunks if request.param == "vllm" else per_token_chunks)
+    yield RemoteModel(engine.url, "nucleus", request.param, 512, None), engine
+    engine.shutdown()
+
+
+def run(rm, settings, **kw):
+    settings = settings.replace(repetition_penalty=1.0)        # llama.cpp's server takes no other
+    return list(stream_remote(rm, "Pets:", settings, **kw))[-1]
+
+
+def test_records_hold_the_engine_probabilities_and_stop_where_the_text_is_cut(served):
+    rm, engine = served
+    last = run(rm, SamplingSettings(stop=("\nEND",), seed=1), records=10)
+    assert engine.bodies[-1]["logprobs"] == 10
+    assert last.text == " I like dogs."                      # the stop string is cut ...
+    recs = last.records
+    assert [r.text for r in recs] == [" I", " like", " dogs", "."]   # ... and its token has no record
+    assert "".join(r.text for r in recs) == last.text
+    dogs = recs[2]
+    assert dogs.raw_logprob == pytest.approx(-1.2) and math.isnan(dogs.final)
+    assert [c.token for c in dogs.candidates] == [" cats", " dogs", " fish"]          # most likely first
+    assert dogs.candidates[0].raw == pytest.approx(math.exp(-0.8))
+    assert [c.token_id == dogs.token_id for c in dogs.candidates] == [False, True, False]
+    if rm.engine == "llama.cpp":
+        assert dogs.token_id == 8805                            # ids where the engine gives them
+
+
+def test_the_api_gets_openai_lists_with_k_alternatives(served):
+    rm, _ = served
+    last = run(rm, SamplingSettings(seed=1), logprobs=2)
+    lp = last.logprobs
+    assert lp["tokens"] == [s[0] for s in STEPS] and lp["token_logprobs"] == [s[1] for s in STEPS]
+    assert lp["top_logprobs"][2] == {" cats": -0.8, " dogs": -1.2}                     # the best 2 of 3
+    assert lp["text_offset"] == [0, 2, 7, 12, 13]        # into the generated text, whatever the engine counted
+    assert not last.records
+
+
+def test_the_page_shows_engine_tokens_and_their_alternatives(served):
+    rm, _ = served
+    recs = run(rm, SamplingSettings(seed=1), records=10).records
+    entries, index = app.token_entries("Pets:", recs)
+    assert entries[0] == ("Pets:", None) and [e[0] for e in entries[1:]] == [s[0] for s in STEPS]
+    assert entries[3] == (" dogs", app.bucket(math.exp(-1.2)))                         # 0.30: "0.2 – 0.5"
+    summary, rows = app.inspect_step(recs[2], 2, SamplingSettings().to_dict())
+    assert "0.301" in summary and "only the model column" in summary
+    assert rows[0] == [" cats", round(100 * math.exp(-0.8), 3), None, None, None, ""]
+    assert rows[1][-1] == "✔ chosen"
