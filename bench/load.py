@@ -2,12 +2,15 @@
 
     python bench/load.py                          # 8 users, 60 s each side, the bundled nano
     python bench/load.py --users 32 --seconds 120 --tokens 16
+    python bench/load.py --engine-url http://127.0.0.1:8012/v1 --repetition-penalty 1   # + a running llama-server
 
 Each side starts `app.py` on a loopback port (the remote side also starts `transformers serve`
 with the same model and points the Space at it with --backend), then N gradio_client users send
 /generate requests back to back for a bounded time. Printed per side: completed requests, errors
 by kind (queue full, other), p50/p95 latency and generated tokens/s over the whole run. Loopback
-only; every loop is bounded in count and time. Not a test: figures depend on the machine's load,
+only; every loop is bounded in count and time. --engine-url adds a third side: the Space in front of
+an engine you started (llama.cpp's server, vLLM, ...); llama.cpp's server takes only repetition
+penalty 1, so pass --repetition-penalty 1 for it (every side then uses it). Not a test: figures depend on the machine's load,
 printed with them. On CPU the engine has little to batch with; the figure that matters is vLLM on
 a GPU (bench/gpu_suite.py is where a lent GPU runs things).
 """
@@ -59,7 +62,7 @@ def engine(model: Path):
         proc.wait(30)
 
 
-def hammer(url: str, users: int, seconds: float, tokens: int) -> dict:
+def hammer(url: str, users: int, seconds: float, tokens: int, rep: float | None = None) -> dict:
     from gradio_client import Client
 
     latencies, generated, errors = [], [0], collections.Counter()
@@ -72,8 +75,9 @@ def hammer(url: str, users: int, seconds: float, tokens: int) -> dict:
                 return
             t = time.monotonic()
             try:
+                extra = {} if rep is None else {"repetition_penalty": rep}
                 out = client.predict(f"### Lesson {i}-{n}: Bees\n", max_new_tokens=tokens, seed=n,
-                                     api_name="/generate")
+                                     api_name="/generate", **extra)
                 with lock:
                     latencies.append(time.monotonic() - t)
                     generated[0] += out["tokens"]
@@ -101,13 +105,21 @@ def main(argv=None) -> None:
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--tokens", type=int, default=16)
     p.add_argument("--model", default=str(BUNDLED_MODEL))
+    p.add_argument("--engine-url", default=None, help="also the Space on this running engine (ends in /v1)")
+    p.add_argument("--repetition-penalty", type=float, default=None, help="sent by every user (default: the Space's)")
     args = p.parse_args(argv)
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     rows = []
     with running_app(Path(args.model)) as url:
-        rows.append(("local backend (concurrency 1)", hammer(url, args.users, args.seconds, args.tokens)))
+        rows.append(("local backend (concurrency 1)", hammer(url, args.users, args.seconds, args.tokens,
+                                                             args.repetition_penalty)))
     with engine(Path(args.model)) as backend, running_app(Path(args.model), NUCLEUS_BACKEND=backend) as url:
-        rows.append(("remote: transformers serve (concurrency 8)", hammer(url, args.users, args.seconds, args.tokens)))
+        rows.append(("remote: transformers serve (concurrency 8)", hammer(url, args.users, args.seconds, args.tokens,
+                                                                          args.repetition_penalty)))
+    if args.engine_url:
+        with running_app(Path(args.model), NUCLEUS_BACKEND=args.engine_url) as url:
+            rows.append((f"remote: {args.engine_url} (concurrency 8)", hammer(url, args.users, args.seconds,
+                                                                              args.tokens, args.repetition_penalty)))
     print(f"\n{args.users} users, {args.seconds:g} s, {args.tokens} new tokens per request, model {args.model}\n")
     print("| Space | completed | errors | p50 latency | p95 latency | generated tokens/s |\n|---|---|---|---|---|---|")
     for name, r in rows:

@@ -41,7 +41,8 @@ from .tokenizer import load_tokenizer
 ENGINES = ("vllm", "sglang", "llama.cpp", "transformers")
 OWNED_BY = {"vllm": "vllm", "sglang": "sglang", "llamacpp": "llama.cpp", "local": "transformers"}
 CONNECT_SECONDS = 5.0
-DEFAULT_CONTEXT = 4096      # when the engine does not say (vLLM and SGLang report max_model_len)
+DEFAULT_CONTEXT = 4096      # when the engine does not say (vLLM and SGLang report max_model_len,
+                            # llama.cpp's server meta.n_ctx)
 
 
 class RemoteError(RuntimeError):
@@ -101,7 +102,8 @@ def connect(url: str, engine: str = "auto", model: str | None = None, api_key: s
                              f"{', '.join(m.get('id', '?') for m in listed)}.")
     if engine == "auto":
         engine = OWNED_BY.get(str(entry.get("owned_by", "")).lower(), "vllm")
-    context = int(entry.get("max_model_len") or entry.get("context_length") or DEFAULT_CONTEXT)
+    meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}     # llama.cpp's server: per slot
+    context = int(entry.get("max_model_len") or entry.get("context_length") or meta.get("n_ctx") or DEFAULT_CONTEXT)
     return RemoteModel(base, entry["id"], engine, context, load_tokenizer(), api_key)
 
 

@@ -5,22 +5,11 @@ import math
 import torch
 
 import nucleus
-from nucleus import loading
+from nucleus import loading, quality
 from nucleus.tokenizer import encode_prompt
 
-# Held-out text: written for this test, in none of the training sources.
-HELD_OUT = """### Lesson: How Bread Rises
-### Introduction
-Bread rises because of yeast, a tiny living thing that feeds on the sugar in flour. As the yeast
-eats, it makes a gas called carbon dioxide. The gas forms small bubbles in the dough, and the
-dough grows larger. When the bread is baked, the heat kills the yeast and the bubbles are set in
-place, which is why a slice of bread is full of little holes.
-
-### Why Kneading Matters
-Kneading the dough stretches a protein called gluten. The gluten forms long strands that trap the
-gas, so the dough can rise without the bubbles escaping. A dough that is not kneaded enough will
-stay flat, while a dough that is kneaded well will be light and soft after baking.
-"""
+# Held-out text: written for this project, in none of the training sources (the quality gate's first passage).
+HELD_OUT = quality.HELD_OUT[0]
 
 
 def perplexity(lm, text: str) -> float:
