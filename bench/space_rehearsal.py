@@ -10,7 +10,7 @@ Builds (once, ~20 s, 2.3 GB) a random-weight checkpoint with exactly the Hub mod
 an address-space limit: stricter than a Space's cgroup limit on resident memory), and measures,
 through the app's own API (`/generate` with gradio_client, loopback only):
 
-  start-up        process start until the page answers (imports, load, int8 quantisation)
+  start-up        process start until the page answers (imports, load, quantisation)
   peak RSS        of the app's process tree, sampled from /proc every 0.2 s, and the main process's VmHWM
   time to first   a 512-token prompt: submit until the first streamed update
   tokens/s        over 200 new tokens after that prompt, measured by the client between updates
