@@ -117,3 +117,40 @@ def test_refuses_what_it_cannot_write(tmp_path, tiny_lm):
     with pytest.raises(GGUFExportError, match="untied"):
         write_gguf(model, tiny_lm.tokenizer, tiny_lm.path, tmp_path / "y.gguf", "f16")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_never_replaces_what_is_not_an_export(tmp_path):
+    """A Hugging Face export replaces its folder as a whole: a folder of other files, or a file, is
+    refused with one line and left as it was (before, `--out ~/thesis` deleted the folder)."""
+    precious = tmp_path / "thesis"
+    (precious / "chapter").mkdir(parents=True)
+    (precious / "chapter" / "1.txt").write_text("precious")
+    gguf_file = tmp_path / "nano.gguf"
+    gguf_file.write_bytes(b"GGUF...")
+    for out, extra, says in ((precious, [], "holds no model export"), (gguf_file, [], "is a file"),
+                             (precious, ["--gguf", "f16"], "is a folder; --gguf writes one file")):
+        with pytest.raises(SystemExit) as e:
+            export.main(["--checkpoint", str(NANO), "--out", str(out), *extra])
+        assert says in str(e.value) and str(e.value).startswith("error: ")
+    assert (precious / "chapter" / "1.txt").read_text() == "precious" and gguf_file.read_bytes() == b"GGUF..."
+    with pytest.raises(SystemExit) as e:                        # not a model: one line, no traceback
+        export.main(["--checkpoint", str(tmp_path / "chapter-less"), "--out", str(tmp_path / "o")])
+    assert "error: " in str(e.value) and not (tmp_path / "o").exists()
+    # an earlier export (it has config.json) is replaced, as before
+    first = export.main(["--checkpoint", str(NANO), "--out", str(tmp_path / "exp"), "--dtype", "bfloat16"])
+    assert export.main(["--checkpoint", str(NANO), "--out", str(first), "--dtype", "bfloat16"]) == first
+    assert (first / "config.json").is_file()
+
+
+def test_gguf_file_command_prints_a_summary_or_one_line(files, tmp_path, capsys):
+    from train import gguf_file
+
+    s = gguf_file.main([str(files["q8_0"])])
+    assert s["fields"]["tokenizer.ggml.tokens"] == "[32000 items]" and "output.weight" in s["tensors"]
+    assert '"general.architecture": "llama"' in capsys.readouterr().out
+    bad = tmp_path / "x.gguf"
+    bad.write_text("not gguf")
+    for path in (bad, tmp_path / "missing.gguf"):
+        with pytest.raises(SystemExit) as e:
+            gguf_file.main([str(path)])
+        assert str(e.value).startswith("error: ")

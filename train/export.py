@@ -107,8 +107,31 @@ def atomic_folder(final: str | Path):
     shutil.rmtree(old, ignore_errors=True)
 
 
+class ExportError(ValueError):
+    """An export that cannot be written as asked: one sentence for the user."""
+
+
+def check_out(out: str | Path, gguf: bool = False) -> Path:
+    """Refuse an output path whose replacement would destroy something that is not an export: a
+    Hugging Face export replaces its folder as a whole, so that folder must be new, empty, or an
+    earlier model export (it holds config.json); a GGUF export writes one file, never a folder."""
+    out = Path(out)
+    if gguf:
+        if out.is_dir():
+            raise ExportError(f"{out} is a folder; --gguf writes one file: give a file name such as "
+                              f"{out / 'model.gguf'}")
+        return out
+    if out.is_file():
+        raise ExportError(f"{out} is a file; a Hugging Face export is a folder (for one GGUF file, add --gguf TYPE)")
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        raise ExportError(f"{out} is a folder that holds no model export (no config.json); the export replaces "
+                          "its folder as a whole, so choose a new or empty folder")
+    return out
+
+
 def export(model, tokenizer, out: str | Path, cfg, summary: dict) -> Path:
-    """Write the HF-format folder atomically."""
+    """Write the HF-format folder atomically (replacing an earlier export there, nothing else)."""
+    check_out(out)
     with atomic_folder(out) as tmp:
         model.config.use_cache = True                   # inference default, whatever training used
         model.save_pretrained(tmp)
@@ -144,14 +167,31 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.gguf and args.push_to_hub:
         p.error("--push-to-hub uploads a Hugging Face folder; export that, then the GGUF separately")
+    if args.gguf and args.dtype != "float32":
+        p.error("--dtype sets the Hugging Face export's weights; a GGUF's type is --gguf")
     return args
 
 
 def main(argv=None) -> Path:
-    from nucleus.loading import load
+    """The command line: a wrong path or model gives one line on stderr (exit status 1), no traceback."""
+    from nucleus.loading import ModelLoadError
+
+    from .gguf_file import GGUFExportError
 
     args = parse_args(argv)
+    try:
+        return _export(args)
+    except (ModelLoadError, ExportError, GGUFExportError) as e:
+        raise SystemExit(f"error: {e}") from None
+    except OSError as e:   # e.g. an output folder that cannot be written
+        raise SystemExit(f"error: cannot write {args.out}: {e.strerror or e}") from None
+
+
+def _export(args) -> Path:
+    from nucleus.loading import load
+
     ckpt = Path(args.checkpoint)
+    check_out(args.out, gguf=bool(args.gguf))
     if args.gguf:
         from .gguf_file import write_gguf
 

@@ -191,9 +191,26 @@ def read_summary(path: str | Path) -> dict:
     return {"fields": fields, "tensors": tensors}
 
 
-if __name__ == "__main__":                         # python -m train.gguf_file FILE: print its summary
-    import sys
+def main(argv=None) -> dict:
+    """python -m train.gguf_file FILE [--full]: a GGUF file's metadata and tensor types, as JSON."""
+    import argparse
 
-    s = read_summary(sys.argv[1])
-    s["fields"] = {k: (v if not isinstance(v, list) or len(v) < 8 else f"[{len(v)} items]") for k, v in s["fields"].items()}
+    p = argparse.ArgumentParser(description="Show a GGUF file's metadata and tensor types (JSON).")
+    p.add_argument("file", help="a .gguf file")
+    p.add_argument("--full", action="store_true", help="print long lists (the vocabulary) in full")
+    args = p.parse_args(argv)
+    try:
+        s = read_summary(args.file)
+    except OSError as e:
+        raise SystemExit(f"error: cannot read {args.file}: {e.strerror or e}") from None
+    except ValueError as e:             # the gguf reader's "GGUF magic invalid" and friends
+        raise SystemExit(f"error: {args.file} is not a GGUF file this reader understands ({e})") from None
+    if not args.full:
+        s["fields"] = {k: (v if not isinstance(v, list) or len(v) < 8 else f"[{len(v)} items]")
+                       for k, v in s["fields"].items()}
     print(json.dumps(s, indent=1, default=str))
+    return s
+
+
+if __name__ == "__main__":
+    main()
