@@ -37,12 +37,18 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "that generates instead of a local model, e.g. http://127.0.0.1:8000/v1 "
                         "(default: NUCLEUS_BACKEND)")
     p.add_argument("--backend-engine", default=os.environ.get("NUCLEUS_BACKEND_ENGINE", "auto"),
-                   choices=["auto", "vllm", "sglang", "llama.cpp", "transformers"],
+                   choices=["auto", "vllm", "sglang", "llama.cpp", "transformers", "openai"],
                    help="which engine --backend is, for the settings only some engines take (default: auto, "
                         "from the engine's /v1/models)")
     p.add_argument("--concurrency", type=int, default=None,
                    help="generations at once (default: 1 locally, 8 with --backend: the engine batches them)")
     args = p.parse_args(argv)
+    # argparse checks the choices of a typed flag, not of a default read from the environment
+    for env, name, choices in (("NUCLEUS_QUANTIZE", "quantize", ["auto", "int4", "int8", "none"]),
+                               ("NUCLEUS_BACKEND_ENGINE", "backend_engine",
+                                ["auto", "vllm", "sglang", "llama.cpp", "transformers", "openai"])):
+        if getattr(args, name) not in choices:
+            p.error(f"{env}={getattr(args, name)!r} (from the environment): must be one of {', '.join(choices)}")
     if args.port is not None and not 1 <= args.port <= 65535:
         p.error(f"--port must be 1 to 65535, got {args.port}")
     if args.concurrency is not None and args.concurrency < 1:
@@ -70,7 +76,7 @@ import nucleus  # noqa: E402
 from nucleus import loading  # noqa: E402
 from nucleus.settings import (BOUNDS, MAX_SEED, MAX_STOP_STRINGS, SamplingSettings,  # noqa: E402
                               SettingsError, format_stop_text, parse_stop_text)
-from nucleus.remote import RemoteCatalog, RemoteError, connect  # noqa: E402
+from nucleus.remote import RemoteCatalog, RemoteError, connect, ignored_local_flags  # noqa: E402
 from nucleus.reproduce import read_query, share_query, snippets  # noqa: E402
 from nucleus.tokenizer import encode_prompt  # noqa: E402
 from nucleus.tokenview import check_logprobs, openai_logprobs  # noqa: E402
@@ -763,7 +769,9 @@ def open_catalog(args) -> tuple[nucleus.ModelCatalog, str, str]:
     that fails to load is fatal; the automatically chosen Hub model falls back to the bundled one."""
     if args.backend:
         why = "NUCLEUS_BACKEND" if os.environ.get("NUCLEUS_BACKEND") == args.backend else "--backend flag"
-        return RemoteCatalog(connect(args.backend, args.backend_engine)), why, ""
+        for flag in ignored_local_flags(args):
+            log.warning("%s is ignored with --backend: the engine serves the model as it was started", flag)
+        return RemoteCatalog(connect(args.backend, args.backend_engine, model=args.model)), why, ""
     source, why = nucleus.resolve_model(args.model)
     try:
         catalog = nucleus.ModelCatalog(source, args.device, args.dtype, quantize=args.quantize)

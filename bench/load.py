@@ -2,15 +2,15 @@
 
     python bench/load.py                          # 8 users, 60 s each side, the bundled nano
     python bench/load.py --users 32 --seconds 120 --tokens 16
-    python bench/load.py --engine-url http://127.0.0.1:8012/v1 --repetition-penalty 1   # + a running llama-server
+    python bench/load.py --engine-url http://127.0.0.1:8012/v1     # + a running llama-server
 
 Each side starts `app.py` on a loopback port (the remote side also starts `transformers serve`
 with the same model and points the Space at it with --backend), then N gradio_client users send
 /generate requests back to back for a bounded time. Printed per side: completed requests, errors
 by kind (queue full, other), p50/p95 latency and generated tokens/s over the whole run. Loopback
 only; every loop is bounded in count and time. --engine-url adds a third side: the Space in front of
-an engine you started (llama.cpp's server, vLLM, ...); llama.cpp's server takes only repetition
-penalty 1, so pass --repetition-penalty 1 for it (every side then uses it). Not a test: figures depend on the machine's load,
+an engine you started (llama.cpp's server, vLLM, ...). --repetition-penalty sets the penalty every
+user sends, on every side (an engine Nucleus does not know takes only 1). Not a test: figures depend on the machine's load,
 printed with them. On CPU the engine has little to batch with; the figure that matters is vLLM on
 a GPU (bench/gpu_suite.py is where a lent GPU runs things).
 """

@@ -30,6 +30,10 @@ def _number(name: str):
     return parse
 
 
+QUANTIZE_CHOICES = ["auto", "int4", "int8", "none"]
+ENGINE_CHOICES = ["auto", "vllm", "sglang", "llama.cpp", "transformers", "openai"]
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m nucleus", description="Generate with Nucleus models.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -42,9 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="URL of an OpenAI-compatible engine that generates instead of a local model "
                              "(default: NUCLEUS_BACKEND), e.g. http://127.0.0.1:8000/v1")
         sp.add_argument("--backend-engine", default=os.environ.get("NUCLEUS_BACKEND_ENGINE", "auto"),
-                        choices=["auto", "vllm", "sglang", "llama.cpp", "transformers"])
+                        choices=ENGINE_CHOICES)
         sp.add_argument("--quantize", default=os.environ.get("NUCLEUS_QUANTIZE", "auto"),
-                        choices=["auto", "int4", "int8", "none"],
+                        choices=QUANTIZE_CHOICES,
                         help="int4 or int8 weights for fast CPU decoding (default: NUCLEUS_QUANTIZE or auto = on "
                              "CPU for models of >= 500M parameters, the faster of the two here)")
 
@@ -64,7 +68,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="time limit of the run in seconds (default: none); it then ends with 'time'")
     sub.add_parser("presets", help="list the presets").add_argument("--json", action="store_true")
     model_flags(sub.add_parser("info", help="which model would be served, its size, device and dtype"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # argparse checks the choices of a typed flag, not of a default read from the environment
+    for env, name, choices in (("NUCLEUS_QUANTIZE", "quantize", QUANTIZE_CHOICES),
+                               ("NUCLEUS_BACKEND_ENGINE", "backend_engine", ENGINE_CHOICES)):
+        if getattr(args, name, None) is not None and getattr(args, name) not in choices:
+            p.error(f"{env}={getattr(args, name)!r} (from the environment): must be one of {', '.join(choices)}")
+    return args
 
 
 def _settings(args, base: SamplingSettings) -> SamplingSettings:
@@ -87,7 +97,7 @@ def main(argv=None) -> int:
         return 0
 
     from .generation import stream
-    from .remote import RemoteError, RemoteModel, connect
+    from .remote import RemoteError, RemoteModel, connect, ignored_local_flags
     from .tokenview import check_logprobs, openai_logprobs
     from .loading import ModelLoadError, inspect, load, resolve_model
 
@@ -106,17 +116,23 @@ def main(argv=None) -> int:
             check_logprobs(args.logprobs)
             if args.max_seconds is not None and not args.max_seconds > 0:
                 raise SettingsError("max_seconds", f"must be > 0, got {args.max_seconds:g}")
-            lm = (connect(args.backend, args.backend_engine) if args.backend
+            lm = (connect(args.backend, args.backend_engine, model=args.model) if args.backend
                   else load(source, args.device, args.dtype, args.quantize))
         elif args.backend:
-            rm = connect(args.backend, args.backend_engine)
-            facts = {"path": rm.base_url, "parameters": 0, "device": "remote", "dtype": "-", "weights": rm.engine,
-                     "context": rm.context_length}
+            rm = connect(args.backend, args.backend_engine, model=args.model)
+        if args.backend:
+            for flag in ignored_local_flags(args):
+                print(f"warning: {flag} is ignored with --backend: the engine serves the model as it was started",
+                      file=sys.stderr)
         else:   # info: read from the config, without loading the weights
             facts = inspect(source, args.device, args.dtype, args.quantize)
     except (ModelLoadError, SettingsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.command == "info" and args.backend:
+        print(f"model:   {rm.model_id} (served by the engine at --backend)\nengine:  {rm.engine} at {rm.base_url}\n"
+              f"context: {rm.context_length}" + ("" if rm.context_known else " (assumed: the engine does not say)"))
+        return 0
     if args.command == "info":
         size = f"{facts['parameters']:,} parameters" if facts["parameters"] else "not known (served remotely)"
         print(f"model:   {source} (chosen by {why})\nfolder:  {facts['path']}\n"

@@ -154,10 +154,11 @@ class Fit:
     warning: str | None = None
 
 
-def fit_context(ids: list[int], max_new_tokens: int, context: int) -> Fit:
+def fit_context(ids: list[int], max_new_tokens: int, context: int, slack: int = 0) -> Fit:
     """Fit prompt + new tokens into the context. A prompt that fits is never cut: the number of new
     tokens is lowered to what the context leaves. Only a prompt that alone fills the context is cut,
-    oldest tokens first (the BOS stays), leaving room for a few new tokens."""
+    oldest tokens first (the BOS stays), leaving room for a few new tokens, and `slack` tokens more
+    (a remote engine tokenises the cut text again, and a word cut in two may take a token more)."""
     if len(ids) + max_new_tokens <= context:
         return Fit(ids, max_new_tokens)
     if len(ids) < context:
@@ -166,7 +167,7 @@ def fit_context(ids: list[int], max_new_tokens: int, context: int) -> Fit:
                                       f"{len(ids):,} tokens leave only {room:,} of the model's {context:,}-token "
                                       "context.")
     new = min(max_new_tokens, MIN_NEW_TOKENS_WHEN_CUT, context // 2)
-    keep = context - new - 1                  # prompt tokens kept after the BOS
+    keep = context - new - 1 - slack          # prompt tokens kept after the BOS
     first = len(ids) - keep
     warning = (f"The prompt is {len(ids):,} tokens, more than the model's {context:,}-token context: the model "
                f"saw only its last {keep:,} tokens (shown after […]).")
@@ -193,11 +194,16 @@ def stream(lm: LoadedModel, prompt: str, settings: SamplingSettings,
         raise SettingsError("prompt", f"expected text, got {type(prompt).__name__}")
     if max_time is not None and not max_time > 0:
         raise ValueError(f"max_time must be > 0 seconds, got {max_time!r}")
+    ids = encode_prompt(lm.tokenizer, prompt)
+    fit = fit_context(ids, settings.max_new_tokens, lm.context_length)
     if isinstance(lm, RemoteModel):   # an inference engine elsewhere: records from the logprobs it returns
-        yield from stream_remote(lm, prompt, settings, cancel, max_time, logprobs=record, records=record)
+        if fit.first_kept > 1:        # cut text is tokenised again by the engine: leave 2 tokens of slack
+            fit = fit_context(ids, settings.max_new_tokens, lm.context_length, slack=2)
+        start = _char_offset(lm.tokenizer, prompt, fit.first_kept) if fit.first_kept > 1 else 0
+        yield from stream_remote(lm, prompt[start:], settings.replace(max_new_tokens=fit.max_new_tokens), cancel,
+                                 max_time, logprobs=record, records=record, warning=fit.warning, prompt_start=start)
         return
     cancel = cancel or threading.Event()
-    fit = fit_context(encode_prompt(lm.tokenizer, prompt), settings.max_new_tokens, lm.context_length)
     prompt_start = _char_offset(lm.tokenizer, prompt, fit.first_kept) if fit.first_kept > 1 else 0
     seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**31)
     input_ids = torch.tensor([fit.ids], device=lm.device)                 # (1, T)

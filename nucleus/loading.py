@@ -322,6 +322,13 @@ def _plan(source: str, device: str, dtype: str | torch.dtype, quantize: str) -> 
         mode = resolve_mode(quantize, dev, n)
     except ValueError as e:
         raise ModelLoadError(str(e)) from None
+    named = str(dtype).removeprefix("torch.")
+    if mode != "none" and named not in ("auto", "bfloat16", "bf16"):   # quantised layers compute in bf16
+        if quantize == "auto":
+            mode = "none"          # a dtype asked for by name wins over the automatic choice
+        else:
+            raise ModelLoadError(f"--quantize {mode} computes in bfloat16; drop --dtype {named}, or use "
+                                 "--quantize none to keep that dtype")
     return _Plan(path, files, cfg, dev, n, mode, torch.bfloat16 if mode != "none" else pick_dtype(dtype, dev, n))
 
 

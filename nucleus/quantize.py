@@ -428,7 +428,8 @@ def resolve_mode(mode: str, device: torch.device, n_params: int) -> str:
     if mode == "auto":
         return fastest_cpu_mode() if device.type == "cpu" and n_params >= AUTO_MIN_PARAMS else "none"
     if mode in ("int4", "int8") and device.type != "cpu":
-        raise ValueError(f"{mode} weight-only quantisation is the CPU path; on a GPU use quantize='none'")
+        raise ValueError(f"{mode} weight-only quantisation is the CPU path; on a GPU use --quantize none "
+                         "(quantize='none')")
     if mode == "int4" and (reason := int4_supported()):
         raise ValueError(reason)
     return mode

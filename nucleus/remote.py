@@ -9,9 +9,11 @@ batch requests on one GPU and scale out; they all speak the OpenAI completions A
 
 - standard fields: temperature, top_p, max_tokens, stop, seed, logprobs;
 - the rest where each engine takes it: vLLM and SGLang read top_k, min_p and
-  repetition_penalty from extra body fields; llama.cpp's server reads top_k and min_p (its
-  repeat penalty is another rule, over the last 64 tokens, so only 1 = off is accepted);
-  `transformers serve` takes a whole GenerationConfig as JSON, so every field is sent.
+  repetition_penalty from extra body fields; llama.cpp's server reads top_k, min_p and its
+  repeat_penalty, which is transformers' rule once its window (repeat_last_n) spans the whole
+  context and its samplers run in transformers' order (both sent); `transformers serve` takes a
+  whole GenerationConfig as JSON, so every field is sent. Any other server ("openai") gets the
+  standard fields only.
 A setting the engine cannot honour is refused with a sentence, never dropped in silence.
 
 Token probabilities: with `logprobs` (the API) or `records` (the page's token view) the engine is
@@ -38,8 +40,13 @@ import httpx
 from .settings import SamplingSettings, SettingsError
 from .tokenizer import load_tokenizer
 
-ENGINES = ("vllm", "sglang", "llama.cpp", "transformers")
+# "openai": any other OpenAI-compatible server: only the standard fields are sent (a setting that
+# needs more is refused), since what it does with extra fields is unknown.
+ENGINES = ("vllm", "sglang", "llama.cpp", "transformers", "openai")
 OWNED_BY = {"vllm": "vllm", "sglang": "sglang", "llamacpp": "llama.cpp", "local": "transformers"}
+# llama.cpp's sampler chain in transformers' order: penalties, then temperature, then the cuts
+# (its default applies temperature last, which changes what top-p and min-p keep)
+LLAMA_CPP_SAMPLERS = ["penalties", "temperature", "top_k", "top_p", "min_p"]
 CONNECT_SECONDS = 5.0
 DEFAULT_CONTEXT = 4096      # when the engine does not say (vLLM and SGLang report max_model_len,
                             # llama.cpp's server meta.n_ctx)
@@ -58,6 +65,7 @@ class RemoteModel:
     context_length: int
     tokenizer: object       # the Mistral 32k tokenizer, for the prompt meter
     api_key: str | None = None
+    context_known: bool = True   # False: the engine did not say; DEFAULT_CONTEXT is assumed
     quantization: str = "remote"
     dtype: str = "bfloat16"   # for the code panel: how to load the same weights with transformers
 
@@ -71,7 +79,10 @@ class RemoteModel:
         return self.model_id
 
     def describe(self) -> str:
-        return (f"{self.name}, served by {self.engine} at {self.base_url}, context {self.context_length} tokens")
+        engine = self.engine if self.engine != "openai" else "an OpenAI-compatible engine"
+        context = (f"context {self.context_length} tokens" if self.context_known else
+                   f"context {self.context_length} tokens (assumed: the engine does not say)")
+        return f"{self.name}, served by {engine} at {self.base_url}, {context}"
 
 
 def _headers(api_key: str | None) -> dict:
@@ -101,10 +112,32 @@ def connect(url: str, engine: str = "auto", model: str | None = None, api_key: s
         raise ModelLoadError(f"The engine at {base} does not serve {model!r}; it serves "
                              f"{', '.join(m.get('id', '?') for m in listed)}.")
     if engine == "auto":
-        engine = OWNED_BY.get(str(entry.get("owned_by", "")).lower(), "vllm")
+        engine = OWNED_BY.get(str(entry.get("owned_by", "")).lower(), "openai")
     meta = entry.get("meta") if isinstance(entry.get("meta"), dict) else {}     # llama.cpp's server: per slot
-    context = int(entry.get("max_model_len") or entry.get("context_length") or meta.get("n_ctx") or DEFAULT_CONTEXT)
-    return RemoteModel(base, entry["id"], engine, context, load_tokenizer(), api_key)
+    context = entry.get("max_model_len") or entry.get("context_length") or meta.get("n_ctx") or \
+        _config_context(entry["id"])
+    return RemoteModel(base, entry["id"], engine, int(context or DEFAULT_CONTEXT), load_tokenizer(), api_key,
+                       context_known=bool(context))
+
+
+def ignored_local_flags(args) -> list[str]:
+    """The command-line flags that only shape a local model, set alongside --backend (the engine
+    serves the model as it was started; --model picks among the models it serves)."""
+    return [f"--{name} {getattr(args, name)}" for name in ("device", "dtype", "quantize")
+            if getattr(args, name, "auto") not in ("auto", None)]
+
+
+def _config_context(model_id: str) -> int | None:
+    """The context of the model an engine serves, from its config.json when that is at hand: a
+    folder on this machine (`transformers serve models/nucleus-nano`) or a Hub id already in the
+    local cache. Nothing is downloaded."""
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(model_id, local_files_only=True, trust_remote_code=False)
+    except Exception:    # noqa: BLE001 - not a folder, not cached, not a config: the engine's word is all
+        return None
+    return getattr(cfg, "max_position_embeddings", None)
 
 
 # ---- the request ---------------------------------------------------------------------------------
@@ -129,12 +162,19 @@ def request_body(rm: RemoteModel, prompt: str, settings: SamplingSettings, seed:
     if settings.no_repeat_ngram_size:
         raise SettingsError("no_repeat_ngram_size", f"{rm.engine} has no no-repeat n-gram setting; use 0 with "
                                                     "this backend")
-    if rm.engine == "llama.cpp":
-        if settings.repetition_penalty != 1.0:
-            raise SettingsError("repetition_penalty", "llama.cpp's repeat penalty is another rule (over the last "
-                                                      "64 tokens); use 1 with this backend")
-        # repeat_penalty spelled out: llama-cpp-python's server defaults to 1.1 (llama.cpp's own to 1.0)
-        body.update(top_k=settings.top_k, min_p=settings.min_p, repeat_penalty=1.0)
+    if rm.engine == "openai":
+        extra = [name for name, value, off in (("top_k", settings.top_k, 0), ("min_p", settings.min_p, 0.0),
+                                               ("repetition_penalty", settings.repetition_penalty, 1.0)) if value != off]
+        if extra:
+            raise SettingsError(extra[0], f"the engine at {rm.base_url} is not one Nucleus knows, so only temperature, "
+                                          "top-p, max new tokens, stop strings and the seed are sent; set "
+                                          f"{extra[0]} to {dict(top_k=0, min_p=0, repetition_penalty=1)[extra[0]]}, or "
+                                          "name the engine with --backend-engine (vllm, sglang, llama.cpp)")
+    elif rm.engine == "llama.cpp":
+        # llama.cpp's repeat penalty is transformers' rule (logit / p if > 0, else * p) over its last
+        # repeat_last_n tokens, prompt included: over the whole context it is the same penalty.
+        body.update(top_k=settings.top_k, min_p=settings.min_p, repeat_penalty=settings.repetition_penalty,
+                    repeat_last_n=rm.context_length, samplers=LLAMA_CPP_SAMPLERS)
     else:   # vLLM and SGLang: extra sampling parameters in the body; top_k -1 = off in vLLM
         body.update(top_k=settings.top_k or -1, min_p=settings.min_p, repetition_penalty=settings.repetition_penalty)
     return body
@@ -211,10 +251,13 @@ def remote_records(lp: dict, shown: str, greedy: bool) -> tuple:
 
 
 def stream_remote(rm: RemoteModel, prompt: str, settings: SamplingSettings, cancel: threading.Event | None = None,
-                  max_time: float | None = None, logprobs: int = 0, records: int = 0) -> Iterator:
+                  max_time: float | None = None, logprobs: int = 0, records: int = 0, warning: str | None = None,
+                  prompt_start: int = 0) -> Iterator:
     """Yield generation Updates from the engine; the last has done=True. `logprobs` asks the engine
     for that many alternatives per token (the last update then carries them, OpenAI-shaped);
-    `records` for the page's token view (the last update then carries TokenRecords)."""
+    `records` for the page's token view (the last update then carries TokenRecords).
+    nucleus.stream fits the prompt to the context first, as for a local model, and passes the
+    part to send, its `warning` and where it starts (`prompt_start`), which every Update carries."""
     import random
 
     from .generation import Update, cut_at_stop
@@ -259,7 +302,8 @@ def stream_remote(rm: RemoteModel, prompt: str, settings: SamplingSettings, canc
                 tokens = usage.get("completion_tokens", tokens)
                 reason = choice.get("finish_reason") or reason
                 shown, _ = cut_at_stop(text, settings.stop)
-                yield Update(shown, tokens, time.perf_counter() - start, seed, max_new_tokens=settings.max_new_tokens)
+                yield Update(shown, tokens, time.perf_counter() - start, seed, warning=warning, prompt_start=prompt_start,
+                             max_new_tokens=settings.max_new_tokens)
     except httpx.HTTPError as e:
         raise RemoteError(f"The inference engine at {rm.base_url} is unreachable or dropped the request "
                           f"({type(e).__name__}); try again in a moment.") from None
@@ -268,11 +312,12 @@ def stream_remote(rm: RemoteModel, prompt: str, settings: SamplingSettings, canc
     elif reason not in ("cancelled", "time", "length"):
         reason = "length" if tokens >= settings.max_new_tokens else "eos"
     shown, _ = cut_at_stop(text, settings.stop)
-    legacy = {k: v for k, v in lp.items() if k != "ids"}
+    shown_tokens = len(remote_records(lp, shown, settings.greedy)) if lp["tokens"] else 0
+    legacy = {k: v[:shown_tokens] for k, v in lp.items() if k != "ids"}    # not the tokens of a cut stop string
     if logprobs and lp["tokens"]:     # at most the alternatives the caller asked for
         legacy["top_logprobs"] = [dict(sorted(t.items(), key=lambda kv: -kv[1])[:logprobs]) if isinstance(t, dict)
                                   else t for t in legacy["top_logprobs"]]
-    yield Update(shown, tokens, time.perf_counter() - start, seed, True, reason,
+    yield Update(shown, tokens, time.perf_counter() - start, seed, True, reason, warning, prompt_start,
                  records=remote_records(lp, shown, settings.greedy) if records and lp["tokens"] else (),
                  max_new_tokens=settings.max_new_tokens, logprobs=legacy if logprobs and lp["tokens"] else None)
 

@@ -76,3 +76,12 @@ def test_logprobs_json_lines(tiny_dir):
     assert len(rows) == 4 and all(r["logprob"] <= 0 and len(r["top_logprobs"]) <= 2 for r in rows)
     bad = cli("generate", "--model", str(tiny_dir), "--prompt", "hi", "--logprobs", "50")
     assert bad.returncode == 2 and "logprobs: expected a whole number from 0 to 20" in bad.stderr
+
+
+def test_quantisation_flags_that_cannot_hold_are_refused_not_ignored(tiny_dir):
+    out = cli("info", "--model", str(tiny_dir), env={"NUCLEUS_QUANTIZE": "int3"})
+    assert out.returncode == 2 and "NUCLEUS_QUANTIZE='int3' (from the environment)" in out.stderr
+    out = cli("info", "--model", str(tiny_dir), "--quantize", "int8", "--dtype", "float32")
+    assert out.returncode == 2 and "--quantize int8 computes in bfloat16; drop --dtype float32" in out.stderr
+    out = cli("info", "--model", str(tiny_dir), "--quantize", "int8", "--dtype", "bfloat16")
+    assert out.returncode == 0 and "weights: int8" in out.stdout

@@ -110,9 +110,16 @@ def test_settings_an_engine_cannot_honour_are_refused():
     body = request_body(vllm, "hi", SamplingSettings(top_k=0, min_p=0.1, repetition_penalty=1.4), 1, 2)
     assert body["top_k"] == -1 and body["min_p"] == 0.1 and body["repetition_penalty"] == 1.4 and body["logprobs"] == 2
     cpp = RemoteModel("http://x/v1", "m", "llama.cpp", 512, None)
-    assert request_body(cpp, "hi", SamplingSettings(repetition_penalty=1.0), 1, 0)["repeat_penalty"] == 1.0
-    with pytest.raises(SettingsError, match="repetition_penalty"):
-        request_body(cpp, "hi", SamplingSettings(repetition_penalty=1.5), 1, 0)
+    body = request_body(cpp, "hi", SamplingSettings(repetition_penalty=1.5, top_k=40), 1, 0)
+    # llama.cpp's repeat penalty over the whole context, samplers in transformers' order
+    assert body["repeat_penalty"] == 1.5 and body["repeat_last_n"] == 512 and body["top_k"] == 40
+    assert body["samplers"] == ["penalties", "temperature", "top_k", "top_p", "min_p"]
+    other = RemoteModel("http://x/v1", "m", "openai", 512, None)                 # an engine Nucleus does not know
+    body = request_body(other, "hi", SamplingSettings(repetition_penalty=1.0, top_p=0.8, stop=("x",)), 1, 0)
+    assert not {"top_k", "min_p", "repetition_penalty", "repeat_penalty"} & set(body) and body["top_p"] == 0.8
+    for bad in (dict(top_k=5), dict(min_p=0.1), dict(repetition_penalty=1.3)):
+        with pytest.raises(SettingsError, match="not one Nucleus knows"):
+            request_body(other, "hi", SamplingSettings(**{"repetition_penalty": 1.0, **bad}), 1, 0)
 
 
 def test_the_space_on_the_engine_and_an_engine_that_dies(engine, bf16_nano):

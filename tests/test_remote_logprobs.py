@@ -106,3 +106,29 @@ def test_the_page_shows_engine_tokens_and_their_alternatives(served):
     assert "0.301" in summary and "only the model column" in summary
     assert rows[0] == [" cats", round(100 * math.exp(-0.8), 3), None, None, None, ""]
     assert rows[1][-1] == "✔ chosen"
+
+
+def test_prompts_are_fitted_to_the_engines_context_as_locally():
+    """The README's context rules hold with a backend: max new tokens lowered with a note, an
+    over-long prompt cut oldest first (the engine gets only the part the model sees)."""
+    import nucleus
+    from nucleus.tokenizer import encode_prompt, load_tokenizer
+
+    engine = Engine(legacy_chunks)
+    try:
+        tok = load_tokenizer()
+        rm = RemoteModel(engine.url, "nucleus", "vllm", 512, tok)
+        s = SamplingSettings(max_new_tokens=10, seed=1, repetition_penalty=1.0)
+        near = "word " * 505                                    # 507 tokens with <s>: 5 new tokens fit
+        u = nucleus.generate(rm, near, s)
+        assert engine.bodies[-1]["max_tokens"] == 512 - len(encode_prompt(tok, near)) == 5
+        assert engine.bodies[-1]["prompt"] == near and u.prompt_start == 0
+        assert "Max new tokens lowered from 10 to 5" in u.warning
+        long = "".join(f"w{i} " for i in range(700))
+        u = nucleus.generate(rm, long, s)
+        sent = engine.bodies[-1]["prompt"]
+        assert u.prompt_start > 0 and sent == long[u.prompt_start:] and long.endswith(sent)
+        assert len(encode_prompt(tok, sent)) + engine.bodies[-1]["max_tokens"] <= 512
+        assert "more than the model's 512-token context" in u.warning
+    finally:
+        engine.shutdown()
