@@ -94,6 +94,8 @@ def test_the_api_gets_openai_lists_with_k_alternatives(served):
     assert lp["top_logprobs"][2] == {" cats": -0.8, " dogs": -1.2}                     # the best 2 of 3
     assert lp["text_offset"] == [0, 2, 7, 12, 13]        # into the generated text, whatever the engine counted
     assert not last.records
+    cut = run(rm, SamplingSettings(seed=1, stop=("\nEND",)), logprobs=2).logprobs     # no row for the cut stop string
+    assert cut["tokens"] == [" I", " like", " dogs", "."] and len(cut["top_logprobs"]) == 4
 
 
 def test_the_page_shows_engine_tokens_and_their_alternatives(served):
