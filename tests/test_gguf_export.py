@@ -28,6 +28,7 @@ def files(tmp_path_factory):
     for kind in ("f16", "bf16", "q8_0", "q4_0"):
         made[kind] = export.main(["--checkpoint", str(NANO), "--out", str(out / f"nano-{kind}.gguf"), "--gguf", kind])
     assert sorted(p.name for p in out.iterdir()) == sorted(f"nano-{k}.gguf" for k in made)   # no .part left
+    assert all(p.stat().st_mode & 0o044 for p in made.values())    # readable like any file, not private
     return made
 
 
@@ -127,7 +128,7 @@ def test_export_never_replaces_what_is_not_an_export(tmp_path):
     (precious / "chapter" / "1.txt").write_text("precious")
     gguf_file = tmp_path / "nano.gguf"
     gguf_file.write_bytes(b"GGUF...")
-    for out, extra, says in ((precious, [], "holds no model export"), (gguf_file, [], "is a file"),
+    for out, extra, says in ((precious, [], "holds files an export does not write (chapter)"), (gguf_file, [], "is a file"),
                              (precious, ["--gguf", "f16"], "is a folder; --gguf writes one file")):
         with pytest.raises(SystemExit) as e:
             export.main(["--checkpoint", str(NANO), "--out", str(out), *extra])
@@ -136,10 +137,30 @@ def test_export_never_replaces_what_is_not_an_export(tmp_path):
     with pytest.raises(SystemExit) as e:                        # not a model: one line, no traceback
         export.main(["--checkpoint", str(tmp_path / "chapter-less"), "--out", str(tmp_path / "o")])
     assert "error: " in str(e.value) and not (tmp_path / "o").exists()
-    # an earlier export (it has config.json) is replaced, as before
+    # an earlier export (only files an export writes) is replaced, as before; folders named like
+    # its staging and backup folders are not the export's to delete
+    for sibling in ("exp.tmp", "exp.old"):
+        (tmp_path / sibling).mkdir()
+        (tmp_path / sibling / "mine.txt").write_text("mine")
     first = export.main(["--checkpoint", str(NANO), "--out", str(tmp_path / "exp"), "--dtype", "bfloat16"])
     assert export.main(["--checkpoint", str(NANO), "--out", str(first), "--dtype", "bfloat16"]) == first
     assert (first / "config.json").is_file()
+    assert all((tmp_path / s / "mine.txt").read_text() == "mine" for s in ("exp.tmp", "exp.old"))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]          # no staging left behind
+    # a folder with config.json and other files is not an export; nor is the checkpoint itself
+    (first / "data.csv").write_text("1,2")
+    for out, says in ((first, "holds files an export does not write (data.csv)"), (NANO, "checkpoint folder"),
+                      (NANO / "sub", "checkpoint folder")):
+        with pytest.raises(SystemExit) as e:
+            export.main(["--checkpoint", str(NANO), "--out", str(out)])
+        assert says in str(e.value)
+    assert (first / "data.csv").is_file()
+    # --gguf over a file that is not a GGUF (here the checkpoint's own weights) is refused
+    weights = first / "model.safetensors"
+    before = weights.read_bytes()
+    with pytest.raises(SystemExit) as e:
+        export.main(["--checkpoint", str(first), "--out", str(weights), "--gguf", "q8_0"])
+    assert "is not a GGUF file" in str(e.value) and weights.read_bytes() == before
 
 
 def test_gguf_file_command_prints_a_summary_or_one_line(files, tmp_path, capsys):
@@ -150,7 +171,9 @@ def test_gguf_file_command_prints_a_summary_or_one_line(files, tmp_path, capsys)
     assert '"general.architecture": "llama"' in capsys.readouterr().out
     bad = tmp_path / "x.gguf"
     bad.write_text("not gguf")
-    for path in (bad, tmp_path / "missing.gguf"):
+    cut = tmp_path / "cut.gguf"                               # a truncated file: the reader's IndexError
+    cut.write_bytes(files["q4_0"].read_bytes()[:1000])
+    for path in (bad, cut, tmp_path / "missing.gguf"):
         with pytest.raises(SystemExit) as e:
             gguf_file.main([str(path)])
         assert str(e.value).startswith("error: ")

@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -89,43 +90,65 @@ python -m nucleus generate --model PATH_TO_THIS_FOLDER --preset recipe
 
 @contextmanager
 def atomic_folder(final: str | Path):
-    """Yield `final`.tmp to write into; on success it replaces `final` in one rename, so a crash
-    mid-write never leaves a half-written export or checkpoint. Used by export and checkpoints."""
+    """Yield a fresh hidden folder beside `final` to write into; on success it replaces `final` in
+    one rename, so a crash mid-write never leaves a half-written export or checkpoint. The staging
+    and backup folders get unique names (tempfile), so no folder of the user's is ever touched but
+    `final` itself. Used by export and checkpoints."""
     final = Path(final)
-    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
     try:
         yield tmp
     except BaseException:                  # a failed write leaves nothing behind, and `final` untouched
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    old = None
     if final.exists():
-        os.replace(final, old)
+        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
+        os.replace(final, old)             # onto the new, empty folder: a rename, POSIX allows it
     os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class ExportError(ValueError):
     """An export that cannot be written as asked: one sentence for the user."""
 
 
-def check_out(out: str | Path, gguf: bool = False) -> Path:
-    """Refuse an output path whose replacement would destroy something that is not an export: a
-    Hugging Face export replaces its folder as a whole, so that folder must be new, empty, or an
-    earlier model export (it holds config.json); a GGUF export writes one file, never a folder."""
+# What an export writes: a folder holding only these is an earlier export, which may be replaced.
+EXPORT_FILES = {"config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+                "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                "chat_template.jinja", "README.md", "training_summary.json", "train_config.json"}
+
+
+def check_out(out: str | Path, gguf: bool = False, checkpoint: str | Path | None = None) -> Path:
+    """Refuse an output path whose writing would destroy something that is not an export:
+    - a Hugging Face export replaces its folder as a whole, so that folder must be new, empty, or an
+      earlier export (only files an export writes, config.json among them), and neither the
+      checkpoint being exported nor inside it (nor holding it);
+    - a GGUF export writes one file: not over a folder, nor over a file that is not a GGUF."""
     out = Path(out)
     if gguf:
         if out.is_dir():
             raise ExportError(f"{out} is a folder; --gguf writes one file: give a file name such as "
                               f"{out / 'model.gguf'}")
+        if out.is_file() and out.stat().st_size and out.open("rb").read(4) != b"GGUF":
+            raise ExportError(f"{out} exists and is not a GGUF file; choose another file name")
         return out
     if out.is_file():
         raise ExportError(f"{out} is a file; a Hugging Face export is a folder (for one GGUF file, add --gguf TYPE)")
-    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
-        raise ExportError(f"{out} is a folder that holds no model export (no config.json); the export replaces "
-                          "its folder as a whole, so choose a new or empty folder")
+    if checkpoint is not None:
+        src, dst = Path(checkpoint).resolve(), out.resolve()
+        if dst == src or src in dst.parents or dst in src.parents:
+            raise ExportError(f"{out} is the checkpoint folder {checkpoint}, inside it or holding it; export to a "
+                              "folder of its own")
+    if out.is_dir():
+        names = {p.name for p in out.iterdir()}
+        foreign = sorted(n for n in names if n not in EXPORT_FILES and not n.startswith("model-"))
+        if names and ("config.json" not in names or foreign):
+            raise ExportError(f"{out} holds files an export does not write ({', '.join(foreign[:3]) or 'no config.json'}"
+                              f"{', ...' if len(foreign) > 3 else ''}); the export replaces its folder as a whole, "
+                              "so choose a new or empty folder")
     return out
 
 
@@ -191,7 +214,7 @@ def _export(args) -> Path:
     from nucleus.loading import load
 
     ckpt = Path(args.checkpoint)
-    check_out(args.out, gguf=bool(args.gguf))
+    check_out(args.out, gguf=bool(args.gguf), checkpoint=ckpt)
     if args.gguf:
         from .gguf_file import write_gguf
 

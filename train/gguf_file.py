@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -124,7 +125,9 @@ def write_gguf(model, tokenizer, folder: str | Path, out: str | Path, kind: str 
     theta = rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    part = out.with_name(out.name + ".part")
+    fd, part_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")   # never a user's file
+    os.close(fd)
+    part = Path(part_name)
     writer = gguf.GGUFWriter(str(part), arch="llama")
     writer.add_name(name or folder.name)
     writer.add_context_length(cfg.max_position_embeddings)
@@ -166,6 +169,9 @@ def write_gguf(model, tokenizer, folder: str | Path, out: str | Path, kind: str 
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file(progress=False)
         writer.close()
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(part, 0o666 & ~mask)       # mkstemp made it private; a finished export is an ordinary file
         os.replace(part, out)
     except BaseException:
         writer.close()
@@ -203,8 +209,9 @@ def main(argv=None) -> dict:
         s = read_summary(args.file)
     except OSError as e:
         raise SystemExit(f"error: cannot read {args.file}: {e.strerror or e}") from None
-    except ValueError as e:             # the gguf reader's "GGUF magic invalid" and friends
-        raise SystemExit(f"error: {args.file} is not a GGUF file this reader understands ({e})") from None
+    except Exception as e:             # noqa: BLE001 - "GGUF magic invalid", a truncated file's IndexError, ...
+        raise SystemExit(f"error: {args.file} is not a GGUF file this reader understands "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'truncated?'})") from None
     if not args.full:
         s["fields"] = {k: (v if not isinstance(v, list) or len(v) < 8 else f"[{len(v)} items]")
                        for k, v in s["fields"].items()}
