@@ -726,7 +726,7 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
                 k = check_logprobs(logprobs)
             except (SettingsError, nucleus.ModelLoadError) as e:
                 raise _refuse(str(e)) from None
-            sent, update = 0.0, None
+            sent, update, failed = 0.0, None, None
             try:
                 local = isinstance(lm, nucleus.LoadedModel)   # a remote engine returns its own logprobs
                 record = (max(k, 10) if local else k) if k else 0
@@ -742,9 +742,10 @@ def build_demo(catalog: nucleus.ModelCatalog, chosen_by: str = "", fallback: str
                                    "logprobs": (openai_logprobs(update.records, k) if local else update.logprobs)
                                    if k and update.done else None}
             except (SettingsError, RemoteError) as e:
+                failed = e
                 raise _refuse(str(e)) from None
             finally:   # a dropped client closes this generator: closing the stream stopped the run
-                if update is not None:
+                if update is not None and failed is None:     # a failure was logged by _refuse
                     log.info("api /generate: %s, %d tokens, %.1f tokens/s, %s", lm.name, update.tokens,
                              update.tokens_per_second, update.finish_reason or "cancelled (client gone)")
 

@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         return 0
 
     from .generation import stream
-    from .remote import RemoteError, RemoteModel, connect, ignored_local_flags
+    from .remote import RemoteError, RemoteModel, connect, ignored_local_flags, request_body
     from .tokenview import check_logprobs, openai_logprobs
     from .loading import ModelLoadError, inspect, load, resolve_model
 
@@ -140,10 +140,16 @@ def main(argv=None) -> int:
               f"dtype:   {facts['dtype']}\nweights: {facts['weights']}\ncontext: {facts['context']}")
         return 0
 
+    remote = isinstance(lm, RemoteModel)
+    if remote:   # what this engine cannot honour is refused before anything is printed
+        try:
+            request_body(lm, prompt, settings, settings.seed or 0, args.logprobs)
+        except SettingsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if not args.logprobs:
         sys.stdout.write(prompt)
     shown = 0
-    remote = isinstance(lm, RemoteModel)
     try:
         for update in stream(lm, prompt, settings, max_time=args.max_seconds,
                              record=(args.logprobs if remote else max(args.logprobs, 10)) if args.logprobs else 0):

@@ -47,6 +47,7 @@ OWNED_BY = {"vllm": "vllm", "sglang": "sglang", "llamacpp": "llama.cpp", "local"
 # llama.cpp's sampler chain in transformers' order: penalties, then temperature, then the cuts
 # (its default applies temperature last, which changes what top-p and min-p keep)
 LLAMA_CPP_SAMPLERS = ["penalties", "temperature", "top_k", "top_p", "min_p"]
+LLAMA_CPP_RANDOM_SEED = 2**32 - 1       # llama.cpp's LLAMA_DEFAULT_SEED: "pick one at random"
 CONNECT_SECONDS = 5.0
 DEFAULT_CONTEXT = 4096      # when the engine does not say (vLLM and SGLang report max_model_len,
                             # llama.cpp's server meta.n_ctx)
@@ -103,7 +104,8 @@ def connect(url: str, engine: str = "auto", model: str | None = None, api_key: s
         r.raise_for_status()
         listed = r.json().get("data", [])
     except (httpx.HTTPError, ValueError) as e:
-        raise ModelLoadError(f"The inference engine at {base} did not answer /models ({type(e).__name__}: {e}); "
+        detail = str(e).splitlines()[0] if str(e) else ""      # httpx adds a second line with a help link
+        raise ModelLoadError(f"The inference engine at {base} did not answer /models ({type(e).__name__}: {detail}); "
                              "is it running, and is the URL right (it ends in /v1)?") from None
     if not listed:
         raise ModelLoadError(f"The inference engine at {base} serves no model.")
@@ -168,13 +170,18 @@ def request_body(rm: RemoteModel, prompt: str, settings: SamplingSettings, seed:
         if extra:
             raise SettingsError(extra[0], f"the engine at {rm.base_url} is not one Nucleus knows, so only temperature, "
                                           "top-p, max new tokens, stop strings and the seed are sent; set "
-                                          f"{extra[0]} to {dict(top_k=0, min_p=0, repetition_penalty=1)[extra[0]]}, or "
-                                          "name the engine with --backend-engine (vllm, sglang, llama.cpp)")
+                                          f"{extra[0]} to {dict(top_k=0, min_p=0, repetition_penalty=1)[extra[0]]}, or, "
+                                          "if it is vLLM, SGLang, llama.cpp's server or transformers serve, name it "
+                                          "with --backend-engine")
     elif rm.engine == "llama.cpp":
         # llama.cpp's repeat penalty is transformers' rule (logit / p if > 0, else * p) over its last
         # repeat_last_n tokens, prompt included: over the whole context it is the same penalty.
+        if seed == LLAMA_CPP_RANDOM_SEED:
+            raise SettingsError("seed", f"llama.cpp reads {seed} as 'a random seed'; use a smaller one")
+        # cache_prompt off: with llama-server's prompt cache on, the same seeded request gave other
+        # text depending on whether its prompt was still cached
         body.update(top_k=settings.top_k, min_p=settings.min_p, repeat_penalty=settings.repetition_penalty,
-                    repeat_last_n=rm.context_length, samplers=LLAMA_CPP_SAMPLERS)
+                    repeat_last_n=rm.context_length, samplers=LLAMA_CPP_SAMPLERS, cache_prompt=False)
     else:   # vLLM and SGLang: extra sampling parameters in the body; top_k -1 = off in vLLM
         body.update(top_k=settings.top_k or -1, min_p=settings.min_p, repetition_penalty=settings.repetition_penalty)
     return body
@@ -221,16 +228,24 @@ def _add_logprobs(lp: dict, got, piece: str) -> None:
     lp["ids"] += [None] * (len(lp["tokens"]) - len(lp["ids"]))
 
 
-def remote_records(lp: dict, shown: str, greedy: bool) -> tuple:
-    """TokenRecords from an engine's log-probabilities, for the tokens whose text is shown (a stop
-    string and what follows are cut). Only the model column is known: the stages are NaN."""
+def remote_records(lp: dict, shown: str, greedy: bool, tokenizer=None, cut: bool = False) -> tuple:
+    """TokenRecords from an engine's log-probabilities, for the tokens whose text is shown.
+    A token's text: where the engine gives token ids (llama.cpp's server), the token's own piece
+    from `tokenizer`, because llama.cpp reports streamed chunks, not tokens: with a stop string it
+    holds text back and shifts it ("ose", "-" came as "", "ose-") and rewrites the token it cut
+    (" Key" as " K"); a byte-fallback piece keeps the engine's text (the whole character).
+    `cut`: the run ended on a stop string; as locally, only whole tokens before the cut are kept.
+    Only the model column is known: the stages are NaN."""
     import math
 
-    from .tokenview import Candidate, TokenRecord
+    from .tokenview import Candidate, TokenRecord, piece_text
 
     nan, records, at = float("nan"), [], 0
-    for i, text in enumerate(lp["tokens"]):
-        if at >= len(shown) and text:
+    for i, engine_text in enumerate(lp["tokens"]):
+        tid = lp["ids"][i] if i < len(lp["ids"]) else None
+        piece = tokenizer.convert_ids_to_tokens(tid) if tokenizer is not None and isinstance(tid, int) else None
+        text = piece_text(piece) if piece and not piece.startswith("<0x") else engine_text
+        if at >= len(shown) or (cut and at + len(text) > len(shown)):
             break
         at += len(text)
         chosen_lp = lp["token_logprobs"][i] if i < len(lp["token_logprobs"]) else None
@@ -312,13 +327,17 @@ def stream_remote(rm: RemoteModel, prompt: str, settings: SamplingSettings, canc
     elif reason not in ("cancelled", "time", "length"):
         reason = "length" if tokens >= settings.max_new_tokens else "eos"
     shown, _ = cut_at_stop(text, settings.stop)
-    shown_tokens = len(remote_records(lp, shown, settings.greedy)) if lp["tokens"] else 0
-    legacy = {k: v[:shown_tokens] for k, v in lp.items() if k != "ids"}    # not the tokens of a cut stop string
+    cut = bool(settings.stop) and (reason == "stop" or shown != text)      # ended on a stop string
+    kept = remote_records(lp, shown, settings.greedy, rm.tokenizer, cut) if lp["tokens"] else ()
+    # the API's lists follow the records: their token texts, none for a cut stop string
+    offsets = [sum(len(r.text) for r in kept[:i]) for i in range(len(kept))]
+    legacy = {"tokens": [r.text for r in kept], "token_logprobs": lp["token_logprobs"][:len(kept)],
+              "top_logprobs": lp["top_logprobs"][:len(kept)], "text_offset": offsets}
     if logprobs and lp["tokens"]:     # at most the alternatives the caller asked for
         legacy["top_logprobs"] = [dict(sorted(t.items(), key=lambda kv: -kv[1])[:logprobs]) if isinstance(t, dict)
                                   else t for t in legacy["top_logprobs"]]
     yield Update(shown, tokens, time.perf_counter() - start, seed, True, reason, warning, prompt_start,
-                 records=remote_records(lp, shown, settings.greedy) if records and lp["tokens"] else (),
+                 records=kept if records else (),
                  max_new_tokens=settings.max_new_tokens, logprobs=legacy if logprobs and lp["tokens"] else None)
 
 

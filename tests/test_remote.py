@@ -114,6 +114,9 @@ def test_settings_an_engine_cannot_honour_are_refused():
     # llama.cpp's repeat penalty over the whole context, samplers in transformers' order
     assert body["repeat_penalty"] == 1.5 and body["repeat_last_n"] == 512 and body["top_k"] == 40
     assert body["samplers"] == ["penalties", "temperature", "top_k", "top_p", "min_p"]
+    assert body["cache_prompt"] is False          # with the prompt cache, a seed's text depended on the cache
+    with pytest.raises(SettingsError, match="random seed"):
+        request_body(cpp, "hi", SamplingSettings(), 2**32 - 1, 0)
     other = RemoteModel("http://x/v1", "m", "openai", 512, None)                 # an engine Nucleus does not know
     body = request_body(other, "hi", SamplingSettings(repetition_penalty=1.0, top_p=0.8, stop=("x",)), 1, 0)
     assert not {"top_k", "min_p", "repetition_penalty", "repeat_penalty"} & set(body) and body["top_p"] == 0.8

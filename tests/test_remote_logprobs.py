@@ -142,3 +142,49 @@ def test_prompts_are_fitted_to_the_engines_context_as_locally():
         assert "more than the model's 512-token context" in u.warning
     finally:
         engine.shutdown()
+
+
+def test_llama_cpp_chunk_texts_give_way_to_the_token_pieces():
+    """llama.cpp's server reports streamed chunks as token texts: with a stop string pending it holds
+    text back (here " I like" arrives on the second token) and rewrites the token it cut. With the
+    token ids and the tokenizer, records and the API's lists carry each token's own text."""
+    from nucleus.tokenizer import load_tokenizer
+
+    tok = load_tokenizer()
+    ids = tok.convert_tokens_to_ids(["▁I", "▁like", "▁dogs", ".", "▁Key"])
+    chunks = [("", ids[0]), (" I like", ids[1]), (" dogs", ids[2]), (".", ids[3]), (" K", ids[4])]
+
+    def shifted():
+        for text, tid in chunks:
+            yield {"choices": [{"text": text, "logprobs": {"content": [{
+                "id": tid, "token": text, "logprob": -0.5, "top_logprobs": [{"id": tid, "token": text, "logprob": -0.5}]}]}}]}
+        yield {"choices": [{"text": "", "finish_reason": "stop"}]}
+
+    engine = Engine(shifted)
+    try:
+        rm = RemoteModel(engine.url, "nucleus", "llama.cpp", 512, tok)
+        last = run(rm, SamplingSettings(seed=1, stop=("ey",)), logprobs=1, records=10)
+        assert last.text == " I like dogs. K" and last.finish_reason == "stop"
+        assert [r.text for r in last.records] == [" I", " like", " dogs", "."]     # " Key" was cut: not kept
+        assert last.logprobs["tokens"] == [" I", " like", " dogs", "."]
+        assert last.logprobs["text_offset"] == [0, 2, 7, 12]
+    finally:
+        engine.shutdown()
+
+
+def test_cli_refuses_what_the_engine_cannot_do_before_printing_anything():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    engine = Engine(legacy_chunks)
+    try:
+        out = subprocess.run([sys.executable, "-m", "nucleus", "generate", "--backend", engine.url, "--prompt", "Hello",
+                              "--no-repeat-ngram-size", "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and out.stdout == ""
+        assert out.stderr.strip() == ("error: no_repeat_ngram_size: vllm has no no-repeat n-gram setting; use 0 with "
+                                      "this backend")
+        assert engine.bodies == []                               # nothing was sent
+    finally:
+        engine.shutdown()
