@@ -171,10 +171,14 @@ def test_peak_memory_int4_below_int8_below_bf16(tmp_path):
     load_tokenizer().save_pretrained(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     peak = {}
-    for mode in ("none", "int8", "int4"):        # one at a time: three at once once gave int8 +95 MB
-        p = subprocess.run([sys.executable, "-c", _PEAK_CHILD, str(tmp_path), mode], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=300)
-        assert p.returncode == 0, p.stderr[-2000:]
-        peak[mode] = int(p.stdout.split()[-1])
+    # One child at a time, each mode twice, the lower peak kept: on a loaded machine (CI beside other
+    # tests) single runs came out up to 110 MB above their quiet value (int8 394 MB against 246-263 MB
+    # quiet, bf16 379 against 331), once putting int8 above bf16; the lower of two is the model's own.
+    for _ in range(2):
+        for mode in ("none", "int8", "int4"):
+            p = subprocess.run([sys.executable, "-c", _PEAK_CHILD, str(tmp_path), mode], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=300)
+            assert p.returncode == 0, p.stderr[-2000:]
+            peak[mode] = min(peak.get(mode, float("inf")), int(p.stdout.split()[-1]))
     assert peak["none"] > 200e6                          # the bf16 weights were really read
     assert peak["int4"] < peak["int8"] <= peak["none"], peak
