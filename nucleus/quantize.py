@@ -179,8 +179,7 @@ class _QuantLinear(nn.Module):
         with SCRATCH.lock:
             for i in range(0, self.out_features, step):
                 n = min(step, self.out_features - i)
-                w = self._dequantize(i, n, SCRATCH.view(n, self.in_features))   # (block, in)
-                y[:, i:i + n] = x2 @ w.t()                                   # (rows, block)
+                y[:, i:i + n] = x2 @ self._block_t(i, n, SCRATCH.view(n, self.in_features).view(-1))
         return self._dense_done(y)
 
     def _dense_done(self, y: torch.Tensor) -> torch.Tensor:
@@ -188,8 +187,8 @@ class _QuantLinear(nn.Module):
 
     def dequantize(self) -> torch.Tensor:
         """The whole weight in bf16 (tests and tools; serving never materialises it)."""
-        return self._dequantize(0, self.out_features, torch.empty(self.out_features, self.in_features,
-                                                                  dtype=torch.bfloat16))
+        out = torch.empty(self.out_features * self.in_features, dtype=torch.bfloat16)
+        return self._block_t(0, self.out_features, out).t()
 
 
 class Int8Linear(_QuantLinear):
@@ -207,10 +206,11 @@ class Int8Linear(_QuantLinear):
     def _kernel(self, x2: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int8pack_mm(x2, self.weight_int8, self.scale)
 
-    def _dequantize(self, i: int, n: int, out: torch.Tensor) -> torch.Tensor:
-        """Rows i..i+n as bf16, *without* their scale: the dense path applies the per-row scale to
-        the output columns instead (one multiply per output, not per weight)."""
-        return out.copy_(self.weight_int8[i:i + n])
+    def _block_t(self, i: int, n: int, out: torch.Tensor) -> torch.Tensor:
+        """Rows i..i+n as bf16, transposed ((in, n), a view), *without* their scale: the dense path
+        applies the per-row scale to the output columns instead (one multiply per output, not per
+        weight)."""
+        return out[:n * self.in_features].view(n, self.in_features).copy_(self.weight_int8[i:i + n]).t()
 
     def _dense_done(self, y: torch.Tensor) -> torch.Tensor:
         return y.mul_(self.scale)                                            # per-row scale = per output column
@@ -246,14 +246,24 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def unpack_int4(packed: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """The inverse of pack_int4 for a block of whole BLOCK_N row groups: writes the 0..15 values
-    into `out` ((rows, in), any dtype) and returns it."""
+def unpack_int4_t(packed: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The 0..15 values of packed rows (whole BLOCK_N row groups), transposed: an (in, rows) view of
+    `out` (flat, any dtype, >= in * rows elements). Transposed because that is how the kernel stores
+    them: for each block of BLOCK_N output rows, input column by input column. So unpacking copies
+    runs of BLOCK_N/2 bytes instead of scattering single nibbles (14336 x 4096 layer, 2 cores:
+    14.6 ms with the de-quantising pass, against 47 ms un-transposing)."""
     bn = _int4_block_n()
-    rows, half = packed.shape
-    p = packed.reshape(rows // bn, half * 2, bn // 2)                     # (blocks, in, bn/2)
-    out.view(rows // bn, bn, half * 2).copy_(torch.cat([p & 15, p >> 4], -1).transpose(1, 2))
-    return out
+    rows, k = packed.shape[0], packed.shape[1] * 2
+    p = packed.view(rows // bn, k, bn // 2).transpose(0, 1)                  # (in, blocks, bn/2)
+    d = out[:k * rows].view(k, rows // bn, bn)
+    d[..., :bn // 2].copy_(p & 15)                     # low nibbles: each block's first half of rows
+    d[..., bn // 2:].copy_(p >> 4)                     # high nibbles: the second half
+    return out[:k * rows].view(k, rows)
+
+
+def unpack_int4(packed: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The inverse of pack_int4: writes the 0..15 values into `out` ((rows, in)) and returns it."""
+    return out.copy_(unpack_int4_t(packed, torch.empty(out.numel(), dtype=out.dtype)).t())
 
 
 @functools.cache
@@ -313,38 +323,16 @@ class Int4Linear(_QuantLinear):
     def _kernel(self, x2: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.weight_int4, self.group, self.scale_zeros)
 
-    def _dequantize_t(self, i: int, n: int, out: torch.Tensor) -> torch.Tensor:
-        """Rows i..i+n of the weight, transposed: (in, n) bf16 in `out` (flat, >= in * n elements).
-        Transposed because that is how the kernel stores them: for each block of BLOCK_N output rows,
-        input column by input column. So unpacking copies runs of BLOCK_N/2 bytes instead of
-        scattering single nibbles, and the scales, stored (groups, out), broadcast along the
-        contiguous axis. 14336 x 4096 layer, 2 cores: 14.6 ms, against 47 ms un-transposing."""
-        bn, k = self.row_multiple, self.in_features
-        p = self.weight_int4[i:i + n].view(n // bn, k, bn // 2).transpose(0, 1)     # (in, blocks, bn/2)
-        d = out[:k * n].view(k, n // bn, bn)
-        d[..., :bn // 2].copy_(p & 15)                     # low nibbles: the block's first half of rows
-        d[..., bn // 2:].copy_(p >> 4)                     # high nibbles: the second half
+    def _block_t(self, i: int, n: int, out: torch.Tensor) -> torch.Tensor:
+        """Rows i..i+n of the weight, de-quantised and transposed: an (in, n) bf16 view of `out`."""
+        d = unpack_int4_t(self.weight_int4[i:i + n], out)                         # (in, n): q
         sz = self.scale_zeros[:, i:i + n].float()                                   # (groups, n, 2)
         # contiguous (groups, n) operands: strided ones made the pass below 3x slower
         scale, shift = sz[..., 0].to(torch.bfloat16), (sz[..., 1] - 8 * sz[..., 0]).to(torch.bfloat16)
-        d3 = out[:k * n].view(k // self.group, self.group, n)
+        d3 = d.view(self.in_features // self.group, self.group, n)
         # (q - 8) * scale + zero = q * scale + (zero - 8 * scale), in one pass
         torch.addcmul(shift[:, None], d3, scale[:, None], out=d3)
-        return out[:k * n].view(k, n)
-
-    def _dense(self, x2: torch.Tensor) -> torch.Tensor:
-        y = torch.empty(x2.shape[0], self.out_features, dtype=torch.bfloat16)     # (rows, out)
-        bn = self.row_multiple
-        step = max(bn, SCRATCH.block_rows(self.in_features) // bn * bn)
-        with SCRATCH.lock:
-            for i in range(0, self.out_features, step):
-                n = min(step, self.out_features - i)
-                y[:, i:i + n] = x2 @ self._dequantize_t(i, n, SCRATCH.view(n, self.in_features).view(-1))
-        return y
-
-    def dequantize(self) -> torch.Tensor:
-        out = torch.empty(self.in_features * self.out_features, dtype=torch.bfloat16)
-        return self._dequantize_t(0, self.out_features, out).t()
+        return d
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int4 group {self.group}"
