@@ -116,8 +116,9 @@ def median_tokens_per_second(step_seconds: list[float], step_tokens: int, skip: 
 
 
 # ---- part: training throughput A/B -----------------------------------------------------------------
-def train_cases(smoke: bool) -> list[tuple[str, dict]]:
-    """(name, overrides of rtx3090-pretrain.yaml) in order of expected value; liger/8-bit only if importable."""
+def train_cases(smoke: bool, only: list[str] | None = None) -> list[tuple[str, dict]]:
+    """(name, overrides of rtx3090-pretrain.yaml) in order of expected value; liger/8-bit only if
+    importable; `only` keeps the named ones (--train-cases)."""
     def importable(name):
         try:
             __import__(name)
@@ -126,20 +127,32 @@ def train_cases(smoke: bool) -> list[tuple[str, dict]]:
             return False
 
     comp = {} if smoke else {"compile": True}     # CPU smoke: inductor would need minutes; the path is the same
+    no_ckpt = {"activation_checkpointing": False}
     cases = [("b_compile", comp)]
     if importable("liger_kernel.transformers"):
+        # without checkpointing nothing is recomputed, but activations grow with the micro-batch:
+        # smaller micro-batches (more accumulation, same tokens per step) keep it under 22 GiB
         cases += [("b_compile_liger", {**comp, "liger": True}),
-                  ("b_compile_liger_no_ckpt", {**comp, "liger": True, "activation_checkpointing": False}),
+                  ("b_compile_liger_no_ckpt_mb2", {**comp, "liger": True, **no_ckpt, "micro_batch": 2}),
+                  ("b_compile_liger_no_ckpt_mb1", {**comp, "liger": True, **no_ckpt, "micro_batch": 1}),
+                  ("b_liger_no_ckpt_mb2", {"liger": True, **no_ckpt, "micro_batch": 2}),
+                  ("b_compile_liger_no_ckpt", {**comp, "liger": True, **no_ckpt}),
                   ("b_compile_liger_mb8", {**comp, "liger": True, "micro_batch": 8})]
-    cases.append(("b_compile_no_ckpt", {**comp, "activation_checkpointing": False}))
+    cases += [("b_compile_no_ckpt_mb2", {**comp, **no_ckpt, "micro_batch": 2}),
+              ("b_compile_no_ckpt", {**comp, **no_ckpt})]
     if not smoke:                          # on CPU it would repeat b_compile (compile is off there)
         cases.append(("b_3090_as_is", {}))
     if importable("bitsandbytes"):
         cases.append(("b_compile_adamw8bit", {**comp, "optimizer": "adamw8bit"}))
+    if only:
+        unknown = set(only) - {n for n, _ in cases}
+        if unknown:
+            raise ValueError(f"unknown or unavailable train cases: {sorted(unknown)}")
+        cases = [c for c in cases if c[0] in only]
     return cases
 
 
-def part_train(s: Suite, budget_s: float, steps: int) -> None:
+def part_train(s: Suite, budget_s: float, steps: int, only: list[str] | None = None) -> None:
     from train_speed import baseline, matmul_ceiling
 
     shape = (dict(size="tiny", seq_len=32, micro_batch=2, tokens_per_step=128, precision="fp32") if s.smoke
@@ -171,7 +184,7 @@ def part_train(s: Suite, budget_s: float, steps: int) -> None:
         s.emit({"part": "train", "case": "a_plain_hf", "error": f"{type(e).__name__}: {str(e)[:400]}"})
         a, a_tps = None, None
     s.clean()
-    for name, overrides in train_cases(s.smoke):
+    for name, overrides in train_cases(s.smoke, only):
         spent = time.perf_counter() - start
         if spent > budget_s or s.left() < 45:
             s.emit({"part": "train", "case": name, "skipped": f"budget spent ({spent:.0f} s)"})
@@ -339,6 +352,7 @@ def parse_args(argv=None):
     p.add_argument("--nano-max-epochs", type=float, default=16.0)
     p.add_argument("--train-budget-s", type=float, default=120.0)
     p.add_argument("--train-steps", type=int, default=10)
+    p.add_argument("--train-cases", help="comma-separated case names (default: all, in order; see train_cases)")
     p.add_argument("--serve-budget-s", type=float, default=110.0)
     return p.parse_args(argv)
 
@@ -352,7 +366,8 @@ def main(argv=None) -> dict:
     s = Suite(Path(args.out), args.cpu_smoke, args.deadline_s)
     steps = 3 if s.smoke else args.train_steps
     parts = {"nano": lambda: part_nano(s, Path(args.carry) / "tokens", args.nano_budget_s, args.nano_max_epochs),
-             "train": lambda: part_train(s, args.train_budget_s, steps),
+             "train": lambda: part_train(s, args.train_budget_s, steps,
+                                         args.train_cases.split(",") if args.train_cases else None),
              "serve": lambda: part_serve(s, args.serve_budget_s)}
     for name in args.parts.split(","):
         try:

@@ -140,7 +140,7 @@ def measure(device: torch.device, smoke: bool, emit, budget_s: float = 150.0) ->
     new_eager, new_fast, long_prompt = (4, 6, 24) if smoke else (64, 256, 512)
     batches = (1, 2) if smoke else (1, 16)
     compile_kw = (dict(backend="eager", fullgraph=True) if smoke     # CPU: dynamo only (catches graph breaks)
-                  else dict(mode="reduce-overhead", fullgraph=True))
+                  else dict(mode="reduce-overhead", fullgraph=True, dynamic=False))
     start, rows = time.perf_counter(), []
 
     def row(r):
@@ -176,14 +176,17 @@ def measure(device: torch.device, smoke: bool, emit, budget_s: float = 150.0) ->
     return rows
 
 
-def ours_rows(model, prompts, long, new, compile_kw, device) -> list[dict]:
-    out = []
-    for b, prompt in prompts.items():
-        dec = Decoder(model, b, prompt.shape[1] + new, compile_kw)
-        out.append(decode_row("ours", dec.generate, prompt, new, device, warm=2))
+def ours_rows(model, prompts, long, new, compile_kw, device):
+    """One row per batch size, yielded as measured (a later failure keeps the earlier rows). Each
+    batch size compiles afresh with static shapes: reusing the graph would make dynamo recompile
+    with a symbolic batch, and inductor 2.11 fails to generate top-p's cumsum for that (seen on an
+    H200: "Error in codegen for ComputedBuffer ... SplitScan")."""
     dec = Decoder(model, 1, long.shape[1] + 1, None)        # TTFT: the prefill is one eager forward
-    out.append(ttft_row("ours", dec.prefill, long, device))
-    return out
+    yield ttft_row("ours", dec.prefill, long, device)
+    for b, prompt in prompts.items():
+        torch._dynamo.reset()
+        dec = Decoder(model, b, prompt.shape[1] + new, compile_kw)
+        yield decode_row("ours", dec.generate, prompt, new, device, warm=2)
 
 
 def main(argv=None) -> list[dict]:

@@ -150,3 +150,40 @@ def test_legacy_split_holds_out_by_position_as_the_committed_nano_was(tmp_path):
     expected = [t for d in held for t in (tok.bos_token_id, *tok(d, add_special_tokens=False).input_ids,
                                           tok.eos_token_id)]
     assert val.tolist() == expected and meta["val_tokens"] == len(expected)
+
+
+def test_train_cases_can_be_chosen_by_name():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from gpu_suite import train_cases
+
+    every = [name for name, _ in train_cases(smoke=True)]
+    assert "b_compile_no_ckpt_mb2" in every and len(every) == len(set(every))
+    chosen = train_cases(smoke=True, only=["b_compile_no_ckpt_mb2", "b_compile"])
+    assert [n for n, _ in chosen] == [n for n in every if n in ("b_compile", "b_compile_no_ckpt_mb2")]
+    assert dict(chosen)["b_compile_no_ckpt_mb2"] == {"activation_checkpointing": False, "micro_batch": 2}
+    with pytest.raises(ValueError, match="b_nonsense"):
+        train_cases(smoke=True, only=["b_compile", "b_nonsense"])
+
+
+def test_a_failing_batch_size_keeps_the_rows_measured_before_it(monkeypatch):
+    """On the H200 the batch-16 compile failed and took the batch-1 figure with it: rows are now
+    emitted as measured."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import serve_gpu
+
+    real = serve_gpu.Decoder.generate
+
+    def generate(self, prompt, new):
+        if prompt.shape[0] == 2:
+            raise RuntimeError("inductor failed for batch 2")
+        return real(self, prompt, new)
+
+    monkeypatch.setattr(serve_gpu.Decoder, "generate", generate)
+    rows = []
+    serve_gpu.measure(torch.device("cpu"), True, rows.append)
+    ours = [r for r in rows if r["case"] == "ours"]
+    assert ours[0]["ttft_ms"] > 0 and ours[1]["batch"] == 1 and ours[1]["tok_per_s"] > 0
+    assert "inductor failed for batch 2" in ours[2]["error"]
+    assert {r["case"] for r in rows} >= {"hf_eager", "hf_static"}        # the other paths still ran

@@ -134,6 +134,15 @@ def apply_liger(model) -> None:
     finally:
         for n, v in saved.items():
             setattr(mm, n, v)
+    # The fused loss computes the head's gradient inside its forward (addmm with out_dtype), which
+    # torch.compile cannot trace (torch 2.11, liger 0.8.5: "Dynamo failed to run FX node with fake
+    # tensors", seen on an H200); it runs outside the compiled graph, as the Triton kernel it is.
+    from liger_kernel.transformers.model import mistral as liger_mistral
+    loss = liger_mistral.LigerForCausalLMLoss
+    if not getattr(loss, "_nucleus_eager", False):
+        loss = torch.compiler.disable(loss)
+        loss._nucleus_eager = True
+        liger_mistral.LigerForCausalLMLoss = loss
 
 
 def family_size(model_cfg) -> str:
