@@ -21,7 +21,8 @@ from train import data as D
 from train.engine import Data, TrainConfig, run
 from train.records import NoRecords
 
-CPU_SCALE = dict(size="nano", seq_len=256, micro_batch=2, tokens_per_step=1024, precision="fp32")
+CPU_SCALE = dict(size="nano", seq_len=256, micro_batch=2, tokens_per_step=1024, precision="fp32",
+                 compile=False, liger=False)     # CUDA-only levers of the 3090 configs
 GIB = 2**30
 
 

@@ -30,7 +30,8 @@ from train.records import NoRecords
 
 ROOT = Path(__file__).resolve().parent.parent
 
-CPU_SMOKE = dict(size="nano", seq_len=128, micro_batch=2, tokens_per_step=512, precision="fp32")
+CPU_SMOKE = dict(size="nano", seq_len=128, micro_batch=2, tokens_per_step=512, precision="fp32",
+                 compile=False, liger=False)     # CUDA-only levers of the 3090 configs
 
 
 def matmul_ceiling(device: torch.device) -> float:
