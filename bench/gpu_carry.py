@@ -51,13 +51,36 @@ def heldout_ppl(path: Path, blocks: D.PackedBlocks, device, batch: int = 16) -> 
     return {"ppl": round(math.exp(loss), 3), "loss": round(loss, 5), "tokens": len(blocks) * blocks.seq_len}
 
 
+@torch.no_grad()
+def passages_ppl(path: Path, device) -> dict:
+    """Perplexity on nucleus/quality.py's six passages (a lesson, a recipe, a story... the presets'
+    genres, written for the project): what the Space asks of the model, unlike the corpus splits.
+    Same method as heldout_ppl (bf16 as stored, fp32 compute), every position of every passage."""
+    from transformers import AutoModelForCausalLM
+
+    from nucleus import quality
+    from nucleus.tokenizer import load_tokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    nll, positions = 0.0, 0
+    for ids in quality.passage_ids(load_tokenizer(path), quality.HELD_OUT):
+        ids = ids.to(device)
+        logits = model(input_ids=ids).logits[0, :-1].float()
+        nll += torch.nn.functional.cross_entropy(logits, ids[0, 1:], reduction="sum").item()
+        positions += ids.shape[1] - 1
+    del model
+    return {"ppl": round(math.exp(nll / positions), 3), "loss": round(nll / positions, 5), "tokens": positions}
+
+
 def committed_reference(tokens: Path, seq_len: int, device) -> dict:
-    """Held-out perplexity of the committed nano (final and stage 1) on both splits of `tokens`."""
+    """Held-out perplexity of the committed nano (final and stage 1) on both splits of `tokens`,
+    and on the presets' passages."""
     out = {}
     for name in ("nucleus-nano", "nucleus-nano-stage1"):
         for stage in ("stage1", "stage2"):
             blocks = D.PackedBlocks.from_cache(tokens / stage, "val", seq_len)
             out[f"{name} on {stage}"] = heldout_ppl(ROOT / "models" / name, blocks, device)
+        out[f"{name} on passages"] = passages_ppl(ROOT / "models" / name, device)
     return out
 
 

@@ -7,8 +7,9 @@
 Parts, in the order of --parts (default nano,train,serve: the durable result first):
   nano   Nucleus-Nano, both stages, with the engine and train/configs/nano-*.yaml on the carried token
          cache (bf16 autocast, torch.compile, large micro-batches; steps set by a time budget measured
-         in a short probe run, capped by --nano-max-epochs). Held-out perplexity of the new stage-1 and
-         final models (bf16 weights as stored, fp32 compute, every full 512-token block of each
+         in a short probe run, capped by --nano-max-epochs; stage 2 replays --nano-replay of stage-1
+         text). Held-out perplexity of the new stage-1 and final models (and on the presets' passages
+         of nucleus/quality.py) (bf16 weights as stored, fp32 compute, every full 512-token block of each
          stage's held-out split: the split and method of models/nucleus-nano/README.md), beside the
          committed models' figures on the same split (.carry/reference.json, measured at prepare
          time, or measured here when models/ travelled). The new final model comes back as
@@ -54,7 +55,8 @@ from train import engine  # noqa: E402
 from train.engine import Data, TrainConfig, flops_per_token, peak_flops, run  # noqa: E402
 from train.records import NoRecords, RunRecords  # noqa: E402
 
-from gpu_carry import CARRY, NANO_TOKENIZER, committed_reference, heldout_ppl, prepare_carry  # noqa: E402
+from gpu_carry import (CARRY, NANO_TOKENIZER, committed_reference, heldout_ppl, passages_ppl,  # noqa: E402
+                       prepare_carry)
 
 # the engine's progress bar passes `disable` itself, so TQDM_DISABLE does not reach it: the device
 # reply carries the last 12,000 characters, which should be log lines, not redrawn bars
@@ -116,6 +118,11 @@ def median_tokens_per_second(step_seconds: list[float], step_tokens: int, skip: 
 
 
 # ---- part: training throughput A/B -----------------------------------------------------------------
+# the cases switch levers on over the plain recipe (a's), not over the config's own choice of them
+# (and a's micro-batch 4 x 2048 on the GPU; the CPU smoke keeps its tiny shape)
+PLAIN_LEVERS = dict(compile=False, liger=False, activation_checkpointing=True)
+
+
 def train_cases(smoke: bool, only: list[str] | None = None) -> list[tuple[str, dict]]:
     """(name, overrides of rtx3090-pretrain.yaml) in order of expected value; liger/8-bit only if
     importable; `only` keeps the named ones (--train-cases)."""
@@ -190,7 +197,9 @@ def part_train(s: Suite, budget_s: float, steps: int, only: list[str] | None = N
             s.emit({"part": "train", "case": name, "skipped": f"budget spent ({spent:.0f} s)"})
             continue
         try:
-            c = TrainConfig.load(ROOT / "train/configs/rtx3090-pretrain.yaml", **{**base, **overrides})
+            plain = {**PLAIN_LEVERS, **({} if s.smoke else {"micro_batch": 4})}
+            levers = {} if name == "b_3090_as_is" else {**plain, **overrides}
+            c = TrainConfig.load(ROOT / "train/configs/rtx3090-pretrain.yaml", **{**base, **levers})
             cap = Capture()
             r = run(c, Data(D.RandomBlocks(2**20, c.seq_len, architecture.VOCAB_SIZE, c.seed), None, {}), cap)
             step_s = [r["step_tokens"] / float(row["tok_per_s"]) for row in cap.rows]
@@ -275,7 +284,29 @@ def nano_stage(s: Suite, stage: str, yaml: str, tokens: Path, work: Path, budget
     return Path(summary["export"])
 
 
-def part_nano(s: Suite, tokens: Path | None, budget_s: float, max_epochs: float) -> None:
+def replay_cache(tokens: Path, out: Path, seq_len: int, share: float) -> Path:
+    """A stage-2 token cache whose training stream also holds stage-1 blocks (`share` of stage 2's
+    tokens, every k-th block of stage 1's training split, kept in order): without them the first
+    GPU fine-tune (16 epochs of manuals) forgot stage 1's prose (README, GPU suite). The held-out
+    split stays stage 2's, so the card's figure is unchanged in meaning."""
+    s1 = np.fromfile(tokens / "stage1" / "train.bin", dtype=np.uint16)
+    s2 = np.fromfile(tokens / "stage2" / "train.bin", dtype=np.uint16)
+    blocks = s1[: len(s1) // seq_len * seq_len].reshape(-1, seq_len)
+    want = min(len(blocks), max(1, round(share * len(s2) / seq_len)))
+    picked = blocks[np.linspace(0, len(blocks) - 1, want).round().astype(int)]
+    folder = out / "stage2"
+    folder.mkdir(parents=True, exist_ok=True)
+    np.concatenate([s2[: len(s2) // seq_len * seq_len], picked.reshape(-1)]).tofile(folder / "train.bin")
+    shutil.copy(tokens / "stage2" / "val.bin", folder / "val.bin")
+    meta = json.loads((tokens / "stage2" / "meta.json").read_text())
+    meta.update(tokens=int(len(s2) // seq_len * seq_len + picked.size),
+                replay=f"{picked.size:,} stage-1 tokens ({len(picked)} blocks of {seq_len}) added to stage 2's "
+                       f"{len(s2):,}")
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+    return out
+
+
+def part_nano(s: Suite, tokens: Path | None, budget_s: float, max_epochs: float, replay: float = 0.0) -> None:
     from train import export as E
 
     work = Path(tempfile.mkdtemp(prefix="nucleus-nano-"))
@@ -295,7 +326,8 @@ def part_nano(s: Suite, tokens: Path | None, budget_s: float, max_epochs: float)
     t = time.perf_counter()
     final1 = nano_stage(s, "stage1", "nano-pretrain.yaml", tokens, work, budget * 0.55, None, max_epochs)
     budget2 = budget - (time.perf_counter() - t)
-    final2 = nano_stage(s, "stage2", "nano-finetune.yaml", tokens, work, max(budget2, 20), str(final1), max_epochs)
+    stage2 = replay_cache(tokens, work / "replay", seq_len, replay) if replay > 0 else tokens
+    final2 = nano_stage(s, "stage2", "nano-finetune.yaml", stage2, work, max(budget2, 20), str(final1), max_epochs)
 
     # bf16 on disk, as the committed nano; then the card's figures on both held-out splits
     exports = {}
@@ -307,6 +339,7 @@ def part_nano(s: Suite, tokens: Path | None, budget_s: float, max_epochs: float)
         for split in ("stage1", "stage2"):
             blocks = D.PackedBlocks.from_cache(tokens / split, "val", seq_len)
             figures[f"new {stage} on {split}"] = heldout_ppl(folder, blocks, s.device)
+        figures[f"new {stage} on passages"] = passages_ppl(folder, s.device)
     s.emit({"part": "nano", "case": "held-out", **figures})
 
     # the final model and both stages' logs, in pieces the device returns
@@ -317,6 +350,8 @@ def part_nano(s: Suite, tokens: Path | None, budget_s: float, max_epochs: float)
             if (work / stage / name).is_file():
                 (pack / "logs" / stage).mkdir(parents=True, exist_ok=True)
                 shutil.copy(work / stage / name, pack / "logs" / stage / name)
+    for cfg_file in pack.rglob("train_config.json"):
+        portable_paths(cfg_file, work)
     tar = work / "nano-gpu.tar"
     with tarfile.open(tar, "w") as tf:
         for p in sorted(pack.iterdir()):
@@ -325,6 +360,19 @@ def part_nano(s: Suite, tokens: Path | None, budget_s: float, max_epochs: float)
     s.emit({"part": "nano", "case": "packed", "parts": [p.name for p in parts], "bytes": tar.stat().st_size,
             "unpack": "cat nano-gpu.tar.part* | tar x"})
     shutil.rmtree(work, ignore_errors=True)
+
+
+def portable_paths(cfg_file: Path, work: Path) -> None:
+    """A train_config.json that says where its data came from in the repository's terms: paths under
+    the checkout become relative ('.carry/tokens/stage2'), the run's temporary folder '<run>/'."""
+    cfg = json.loads(cfg_file.read_text())
+    for key, value in cfg.items():
+        if isinstance(value, str):
+            for prefix, instead in ((f"{ROOT}/", ""), (f"{work}/", "<run>/")):
+                if value.startswith(prefix):
+                    value = instead + value[len(prefix):]
+            cfg[key] = value
+    cfg_file.write_text(json.dumps(cfg, indent=1) + "\n")
 
 
 def split_file(path: Path, out: Path, size: int) -> list[Path]:
@@ -350,6 +398,8 @@ def parse_args(argv=None):
     p.add_argument("--deadline-s", type=float, default=480.0, help="the whole run; parts shrink to fit")
     p.add_argument("--nano-budget-s", type=float, default=170.0, help="both stages' training, probes included")
     p.add_argument("--nano-max-epochs", type=float, default=16.0)
+    p.add_argument("--nano-replay", type=float, default=0.25,
+                   help="stage-1 tokens mixed into stage 2, as a share of stage 2's (0: none)")
     p.add_argument("--train-budget-s", type=float, default=120.0)
     p.add_argument("--train-steps", type=int, default=10)
     p.add_argument("--train-cases", help="comma-separated case names (default: all, in order; see train_cases)")
@@ -365,7 +415,8 @@ def main(argv=None) -> dict:
         raise SystemExit("error: --out is required")
     s = Suite(Path(args.out), args.cpu_smoke, args.deadline_s)
     steps = 3 if s.smoke else args.train_steps
-    parts = {"nano": lambda: part_nano(s, Path(args.carry) / "tokens", args.nano_budget_s, args.nano_max_epochs),
+    parts = {"nano": lambda: part_nano(s, Path(args.carry) / "tokens", args.nano_budget_s, args.nano_max_epochs,
+                                       args.nano_replay),
              "train": lambda: part_train(s, args.train_budget_s, steps,
                                          args.train_cases.split(",") if args.train_cases else None),
              "serve": lambda: part_serve(s, args.serve_budget_s)}

@@ -75,7 +75,7 @@ def test_smoke_figures_have_their_keys(smoke):
             assert rows[("serve", case, batch, False)]["tok_per_s"] > 0
         assert rows[("serve", case, None, True)]["ttft_ms"] > 0
     held_out = rows[("nano", "held-out", None, False)]
-    for key in ("new stage1 on stage1", "new final on stage2"):
+    for key in ("new stage1 on stage1", "new final on stage2", "new final on passages"):
         assert held_out[key]["ppl"] > 1 and held_out[key]["tokens"] > 0
     assert rows[("nano", "stage2", None, False)]["tokens_seen"] > 0
 
@@ -93,6 +93,8 @@ def test_smoke_packs_a_loadable_nano(smoke, tmp_path):
     for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md"):
         assert (folder / name).is_file(), name
     assert (tmp_path / "logs" / "stage2" / "metrics.csv").is_file()
+    cfg = json.loads((folder / "train_config.json").read_text())          # no device or temp paths recorded
+    assert cfg["stage"] == "finetune" and cfg["init"].startswith("<run>/") and not cfg["tokenizer"].startswith("/")
     import nucleus
 
     lm = nucleus.load(folder, device="cpu", quantize="none")
@@ -187,3 +189,29 @@ def test_a_failing_batch_size_keeps_the_rows_measured_before_it(monkeypatch):
     assert ours[0]["ttft_ms"] > 0 and ours[1]["batch"] == 1 and ours[1]["tok_per_s"] > 0
     assert "inductor failed for batch 2" in ours[2]["error"]
     assert {r["case"] for r in rows} >= {"hf_eager", "hf_static"}        # the other paths still ran
+
+
+def test_replay_mixes_stage1_blocks_into_stage2_training_only(tmp_path):
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from gpu_suite import replay_cache
+
+    seq = 8
+    for stage, n, base in (("stage1", 10 * seq + 3, 1000), ("stage2", 4 * seq + 5, 5000)):
+        f = tmp_path / "tokens" / stage
+        f.mkdir(parents=True)
+        (np.arange(n, dtype=np.uint16) + base).tofile(f / "train.bin")
+        (np.arange(2 * seq, dtype=np.uint16) + base + 500).tofile(f / "val.bin")
+        (f / "meta.json").write_text(json.dumps({"source": stage, "tokens": n}))
+    out = replay_cache(tmp_path / "tokens", tmp_path / "replay", seq, share=0.5)
+    train = np.fromfile(out / "stage2" / "train.bin", dtype=np.uint16)
+    # stage 2's full blocks first (its 5-token tail dropped), then 2 whole stage-1 blocks (0.5 x 32 tokens)
+    assert list(train[: 4 * seq]) == list(range(5000, 5000 + 4 * seq))
+    extra = train[4 * seq:].reshape(-1, seq)
+    assert len(extra) == 2 and all(b[0] >= 1000 and b[0] < 2000 and list(b) == list(range(b[0], b[0] + seq))
+                                   for b in extra)
+    assert extra[0][0] == 1000 and extra[1][0] == 1000 + 9 * seq                # spread over stage 1
+    assert (out / "stage2" / "val.bin").read_bytes() == (tmp_path / "tokens/stage2/val.bin").read_bytes()
+    meta = json.loads((out / "stage2" / "meta.json").read_text())
+    assert meta["tokens"] == len(train) and "16 stage-1 tokens" in meta["replay"]
