@@ -215,3 +215,25 @@ def test_replay_mixes_stage1_blocks_into_stage2_training_only(tmp_path):
     assert (out / "stage2" / "val.bin").read_bytes() == (tmp_path / "tokens/stage2/val.bin").read_bytes()
     meta = json.loads((out / "stage2" / "meta.json").read_text())
     assert meta["tokens"] == len(train) and "16 stage-1 tokens" in meta["replay"]
+
+
+def test_chunked_top_p_keeps_what_transformers_keeps():
+    """The batch-16 decoder's top-p (two short scans instead of one long one) against
+    transformers' own TopPLogitsWarper on the same logits."""
+    import torch
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from serve_gpu import ChunkedTopP, chunked_cumsum
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 1000, generator=g, dtype=torch.float64)
+    assert torch.allclose(chunked_cumsum(x), x.cumsum(-1))                  # 1000 is not a multiple of 128
+    logits = torch.randn(16, 32000, generator=g) * 4
+    for p in (0.5, 0.9, 0.99):
+        ours, theirs = ChunkedTopP(p)(None, logits), TopPLogitsWarper(p)(None, logits)
+        kept_ours, kept_theirs = torch.isfinite(ours), torch.isfinite(theirs)
+        # float32 sums in another order may move a boundary token: at most one per row
+        assert ((kept_ours != kept_theirs).sum(-1) <= 1).all()
+        assert (kept_ours == kept_theirs).float().mean() > 0.9999
+        assert torch.equal(ours[kept_ours & kept_theirs], logits[kept_ours & kept_theirs])
