@@ -16,6 +16,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home fr
 
 
 # ---- command line (parsed before the heavy imports, so --help answers at once) -------------------
+STATIC_CACHE_CHOICES = ("auto", "on", "off")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Serve the Nucleus playground.")
     p.add_argument("--model", help="Hub id or local folder (default: NUCLEUS_MODEL, then the Hub, then the bundled "
@@ -49,6 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 ["auto", "vllm", "sglang", "llama.cpp", "transformers", "openai"])):
         if getattr(args, name) not in choices:
             p.error(f"{env}={getattr(args, name)!r} (from the environment): must be one of {', '.join(choices)}")
+    static = os.environ.get("NUCLEUS_STATIC_CACHE", "auto").strip().lower()
+    if static not in STATIC_CACHE_CHOICES:      # nucleus.generation's, not imported yet (fast --help)
+        p.error(f"NUCLEUS_STATIC_CACHE={static!r} (from the environment): must be one of "
+                f"{', '.join(STATIC_CACHE_CHOICES)}")
     if args.port is not None and not 1 <= args.port <= 65535:
         p.error(f"--port must be 1 to 65535, got {args.port}")
     if args.concurrency is not None and args.concurrency < 1:

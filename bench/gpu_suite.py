@@ -221,7 +221,8 @@ def part_train(s: Suite, budget_s: float, steps: int, only: list[str] | None = N
 def part_serve(s: Suite, budget_s: float) -> None:
     import serve_gpu
 
-    serve_gpu.measure(s.device, s.smoke, s.emit, budget_s=min(budget_s, max(s.left() - 45, 0)))
+    serve_gpu.measure(s.device, s.smoke, s.emit, budget_s=min(budget_s, max(s.left() - 45, 0)),
+                      tokenizer_dir=tokenizer_dir())
     s.clean()
 
 

@@ -11,6 +11,9 @@ Three paths on the same random-weight model (throughput does not depend on the v
                     token; no host sync until the last token
   hf_static         `model.generate(cache_implementation="static")`: transformers compiles the forward
                     itself on CUDA (its `compile_config`); batch 1 only, to keep the run short
+  space_static      the Space's own path (nucleus.generate: worker thread, streamer, stop criteria) with
+  space_dynamic     NUCLEUS_STATIC_CACHE on (what a GPU Space runs) and off (what it ran before);
+                    only when a tokenizer folder is given (the suite passes one)
 Each reports tokens/s and ms per step for N new tokens after a 16-token prompt, and time to first
 token (TTFT) for a 512-token prompt. Sampling: temperature 0.8, top-p 0.9 (as ../shared/baselines).
 Called by bench/gpu_suite.py; prints one JSON line per row.
@@ -22,6 +25,7 @@ import copy
 import gc
 import inspect
 import json
+import os
 import time
 from pathlib import Path
 
@@ -158,7 +162,35 @@ def ttft_row(name, first, prompt, device, warm: int = 1) -> dict:
     return {"case": name, "prompt_tokens": prompt.shape[1], "ttft_ms": round(dt * 1000, 2)}
 
 
-def measure(device: torch.device, smoke: bool, emit, budget_s: float = 150.0) -> list[dict]:
+def space_rows(model, tokenizer_dir: str, device, new: int, static: bool) -> list[dict]:
+    """The Space's own path: nucleus.generate (stream() in its worker thread, the app's processors,
+    stop criteria and streamer) on this model, with NUCLEUS_STATIC_CACHE on or off."""
+    import nucleus
+    from nucleus.loading import LoadedModel
+    from nucleus.tokenizer import load_tokenizer
+
+    lm = LoadedModel(model, load_tokenizer(tokenizer_dir), "random", Path(tokenizer_dir), device,
+                     next(model.parameters()).dtype, sum(p.numel() for p in model.parameters()))
+    settings = nucleus.SamplingSettings(max_new_tokens=new, seed=0, temperature=TEMPERATURE, top_p=TOP_P,
+                                        repetition_penalty=1.0)
+    before = os.environ.get("NUCLEUS_STATIC_CACHE")
+    os.environ["NUCLEUS_STATIC_CACHE"] = "on" if static else "off"
+    try:
+        for _ in range(2):                               # compile and record first
+            nucleus.generate(lm, "### Lesson: Bees\n### Introduction\n", settings)
+        out = nucleus.generate(lm, "### Recipe: Soup\n### Ingredients\n", settings)
+    finally:
+        if before is None:
+            os.environ.pop("NUCLEUS_STATIC_CACHE")
+        else:
+            os.environ["NUCLEUS_STATIC_CACHE"] = before
+    return [{"case": "space_static" if static else "space_dynamic", "batch": 1, "new_tokens": out.tokens,
+             "tok_per_s": round(out.tokens_per_second, 1), "ms_per_step": round(out.seconds / out.tokens * 1000, 3),
+             "finish_reason": out.finish_reason}]
+
+
+def measure(device: torch.device, smoke: bool, emit, budget_s: float = 150.0,
+            tokenizer_dir: str | None = None) -> list[dict]:
     """All rows; a failing case is a row with `error`, the others still run."""
     size = "tiny" if smoke else "nucleus-1b"
     new_eager, new_fast, long_prompt = (4, 6, 24) if smoke else (64, 256, 512)
@@ -184,6 +216,9 @@ def measure(device: torch.device, smoke: bool, emit, budget_s: float = 150.0) ->
         ("hf_static", lambda: [decode_row("hf_static", lambda p, n: hf_generate(model, p, n, static=True),
                                           prompts[1], new_fast, device, warm=2)]),
     ]                                     # hf_static last: ../shared/baselines measured it (524 tok/s, H200)
+    if tokenizer_dir:                     # the Space's path, as it runs on a GPU and as it ran before
+        cases += [("space_static", lambda: space_rows(model, tokenizer_dir, device, new_fast, True)),
+                  ("space_dynamic", lambda: space_rows(model, tokenizer_dir, device, new_eager, False))]
     for name, run in cases:
         if time.perf_counter() - start > budget_s:
             row({"case": name, "skipped": f"serving budget of {budget_s:.0f} s spent"})

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 
+from .generation import static_cache_mode
 from .settings import BOUNDS, MAX_STOP_STRINGS, SamplingSettings, SettingsError, allowed, unescape
 
 
@@ -74,6 +75,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                ("NUCLEUS_BACKEND_ENGINE", "backend_engine", ENGINE_CHOICES)):
         if getattr(args, name, None) is not None and getattr(args, name) not in choices:
             p.error(f"{env}={getattr(args, name)!r} (from the environment): must be one of {', '.join(choices)}")
+    try:
+        static_cache_mode()
+    except ValueError as e:
+        p.error(f"{e} (from the environment)")
     return args
 
 

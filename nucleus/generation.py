@@ -39,6 +39,63 @@ from .tokenview import Recorder, TokenRecord, with_texts
 
 _RUN_LOCK = threading.Lock()
 MIN_NEW_TOKENS_WHEN_CUT = 64   # room kept for new tokens when the prompt alone overflows the context
+STATIC_CACHE_CHOICES = ("auto", "on", "off")
+
+
+def static_cache_mode() -> str:
+    """NUCLEUS_STATIC_CACHE, checked (the app and the CLI call this at start-up)."""
+    mode = os.environ.get("NUCLEUS_STATIC_CACHE", "auto").strip().lower()
+    if mode not in STATIC_CACHE_CHOICES:
+        raise SettingsError("NUCLEUS_STATIC_CACHE", f"must be one of {', '.join(STATIC_CACHE_CHOICES)}, got {mode!r}")
+    return mode
+
+
+def static_cache(lm: LoadedModel) -> bool:
+    """Whether stream() asks generate for a static KV cache (NUCLEUS_STATIC_CACHE: auto, on, off).
+    auto = on a CUDA GPU with unquantised weights: transformers then compiles the model's one-token
+    forward with CUDA graphs (its own auto-compile of static caches; 367-377 tokens/s against 103-189
+    for the dynamic cache at batch 1 on an H200, README "GPU suite"). On CPU it compiles nothing, so
+    auto leaves it off; `on` forces it anywhere (the tests use that to run this path on CPU)."""
+    mode = static_cache_mode()
+    if mode != "auto":
+        return mode == "on"
+    return lm.device.type == "cuda" and lm.quantization == "none"
+
+
+class _Worker:
+    """One long-lived daemon thread that runs the generate calls, one at a time (_RUN_LOCK serialises
+    runs anyway). One thread rather than one per run: torch.compile keeps its CUDA graphs per thread,
+    so a new thread per run would record them again on every request. Daemon, so a server that is
+    stopped mid-run exits at once."""
+
+    def __init__(self):
+        self.jobs: queue.Queue = queue.Queue()
+        self.thread: threading.Thread | None = None
+        self.busy = threading.Event()
+        self._start = threading.Lock()
+
+    def submit(self, fn) -> threading.Event:
+        """Run fn() (which must not raise) on the worker; the returned event is set when it returns."""
+        done = threading.Event()
+        with self._start:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._loop, name="nucleus-generate", daemon=True)
+                self.thread.start()
+        self.jobs.put((fn, done))
+        return done
+
+    def _loop(self) -> None:
+        while True:
+            fn, done = self.jobs.get()
+            self.busy.set()
+            try:
+                fn()
+            finally:
+                self.busy.clear()
+                done.set()
+
+
+_WORKER = _Worker()
 
 
 @dataclass(frozen=True)
@@ -212,6 +269,8 @@ def stream(lm: LoadedModel, prompt: str, settings: SamplingSettings,
     eos = lm.tokenizer.eos_token_id
     gen_config = settings.replace(max_new_tokens=fit.max_new_tokens).to_generation_config(eos, warpers=False)
     gen_config.max_time = max_time
+    if static_cache(lm):
+        gen_config.cache_implementation = "static"
     # The warpers go in as a list (the same ones generate would build from the settings), so the
     # recorder can look between them; without a recorder the list is the same, minus the snapshots.
     warpers = settings.warpers()
@@ -235,8 +294,7 @@ def stream(lm: LoadedModel, prompt: str, settings: SamplingSettings,
 
     _RUN_LOCK.acquire()
     start = time.perf_counter()
-    worker = threading.Thread(target=work, name="nucleus-generate", daemon=True)
-    worker.start()
+    worker_done = _WORKER.submit(work)
     decoder = IncrementalDecoder(lm.tokenizer, fit.ids)
     raw, shown, stopped, finished, last_id, n_new = "", "", False, False, None, 0
     texts: list[str] = []      # the text each token added (complete characters only)
@@ -257,7 +315,7 @@ def stream(lm: LoadedModel, prompt: str, settings: SamplingSettings,
         # Stop string, or the consumer abandoned us (GeneratorExit): end the worker within one token.
         if not finished:
             cancel.set()
-        worker.join()
+        worker_done.wait()
         if recorder:
             recorder.close(last_id)
     if failure:

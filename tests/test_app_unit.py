@@ -128,6 +128,18 @@ def test_command_line_values_are_checked_before_anything_loads(capsys):
         assert message in capsys.readouterr().err
 
 
+def test_static_cache_setting_is_checked_at_start_up(monkeypatch, capsys):
+    from nucleus import generation
+
+    assert app.STATIC_CACHE_CHOICES == generation.STATIC_CACHE_CHOICES   # app.py checks before importing it
+    monkeypatch.setenv("NUCLEUS_STATIC_CACHE", "maybe")
+    with pytest.raises(SystemExit):
+        app.parse_args([])
+    assert "NUCLEUS_STATIC_CACHE='maybe' (from the environment): must be one of auto, on, off" in capsys.readouterr().err
+    monkeypatch.setenv("NUCLEUS_STATIC_CACHE", "off")
+    app.parse_args([])                                                  # a valid value passes
+
+
 def test_a_busy_port_is_named_before_the_model_loads(monkeypatch):
     import socket
     with socket.socket() as s:

@@ -100,7 +100,8 @@ def test_abandoning_the_stream_stops_generation(tiny_lm):
     for _, update in zip(range(3), it):
         pass
     it.close()                                     # what a dropped request does
-    assert not any(t.name == "nucleus-generate" for t in threading.enumerate())
+    assert not generation._WORKER.busy.is_set()    # the generate call has returned
+    assert [t.name for t in threading.enumerate()].count("nucleus-generate") <= 1   # one worker, reused
     assert generation._RUN_LOCK.acquire(timeout=1)
     generation._RUN_LOCK.release()
 
@@ -232,3 +233,55 @@ def test_checkpoint_generation_config_does_not_override_settings(tiny_dir, tmp_p
               SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=20)):
         a, b = nucleus.generate(plain, PROMPT, s), nucleus.generate(odd_lm, PROMPT, s)
         assert a.text == b.text and a.tokens == b.tokens == 20
+
+
+# ---- the GPU path's switch: a static KV cache (transformers compiles it on CUDA) ---------------------
+def test_static_cache_is_on_for_unquantised_cuda_models_only(tiny_lm, monkeypatch):
+    import dataclasses
+
+    monkeypatch.delenv("NUCLEUS_STATIC_CACHE", raising=False)
+    cuda = dataclasses.replace(tiny_lm, device=torch.device("cuda"))
+    assert not generation.static_cache(tiny_lm) and generation.static_cache(cuda)
+    assert not generation.static_cache(dataclasses.replace(cuda, quantization="int8"))
+    monkeypatch.setenv("NUCLEUS_STATIC_CACHE", "off")
+    assert not generation.static_cache(cuda)
+    monkeypatch.setenv("NUCLEUS_STATIC_CACHE", " ON ")
+    assert generation.static_cache(tiny_lm)
+    monkeypatch.setenv("NUCLEUS_STATIC_CACHE", "yes")
+    with pytest.raises(SettingsError, match="NUCLEUS_STATIC_CACHE: must be one of auto, on, off, got 'yes'"):
+        generation.static_cache(tiny_lm)
+
+
+def test_static_cache_path_gives_the_dynamic_paths_text(tiny_lm, monkeypatch):
+    """The same generate call with cache_implementation="static" (run here on CPU, uncompiled): the
+    same tokens for the same seed, for runs of different lengths one after the other (transformers
+    keeps one cache and resizes it), sampled and greedy, stop strings included."""
+    from transformers import StaticCache
+
+    seen, caches = [], set()
+    real, forward = tiny_lm.model.generate, tiny_lm.model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["generation_config"].cache_implementation)
+        return real(*args, **kwargs)
+
+    def forward_spy(*args, **kwargs):     # the cache the model really got (5.24 names it cache)
+        caches.add(type(kwargs.get("cache", kwargs.get("past_key_values"))).__name__)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_lm.model, "generate", spy)
+    monkeypatch.setattr(tiny_lm.model, "forward", forward_spy)
+    runs = [("### Lesson: Bees\n", SamplingSettings(max_new_tokens=12, seed=3)),
+            ("Once upon a time", SamplingSettings(max_new_tokens=30, seed=4, repetition_penalty=1.5, top_k=20)),
+            ("x", SamplingSettings(max_new_tokens=8, seed=5, temperature=0.0)),
+            ("### Recipe", SamplingSettings(max_new_tokens=40, seed=6, stop=("e",)))]
+    monkeypatch.setenv("NUCLEUS_STATIC_CACHE", "off")
+    dynamic = [nucleus.generate(tiny_lm, p, s) for p, s in runs]
+    assert caches == {"DynamicCache"}
+    caches.clear()
+    monkeypatch.setenv("NUCLEUS_STATIC_CACHE", "on")
+    static = [nucleus.generate(tiny_lm, p, s) for p, s in runs]
+    assert seen == [None] * len(runs) + ["static"] * len(runs) and caches == {StaticCache.__name__}
+    for d, s in zip(dynamic, static):
+        assert (s.text, s.tokens, s.finish_reason) == (d.text, d.tokens, d.finish_reason)
+    assert dynamic[3].finish_reason == "stop" and dynamic[1].tokens == 30

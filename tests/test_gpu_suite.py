@@ -58,7 +58,7 @@ def test_smoke_runs_every_part_without_datasets_or_mistral_common(smoke):
     for expected in [("nano", "committed"), ("nano", "stage1"), ("nano", "stage2"), ("nano", "held-out"),
                      ("nano", "packed"), ("train", "setup"), ("train", "a_plain_hf"), ("train", "b_compile"),
                      ("train", "b_compile_no_ckpt"), ("serve", "hf_eager"), ("serve", "hf_static"),
-                     ("serve", "ours"), ("suite", "done")]:
+                     ("serve", "ours"), ("serve", "space_static"), ("serve", "space_dynamic"), ("suite", "done")]:
         assert expected in cases, f"no row {expected}"
     assert all(math.isfinite(x) for x in numbers(result)), "a figure is NaN or infinite"
 
