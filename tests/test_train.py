@@ -206,3 +206,21 @@ def test_train_speed_benchmark_cpu_smoke():
     assert out["a_plain_hf"]["tokens_per_second"] > 0 and out["b_nucleus"]["tokens_per_second"] > 0
     assert len(out["loss_curves"]["a"]) == len(out["loss_curves"]["b"]) == 3
     assert out["loss_curve_max_rel_diff"] < 0.01          # same numerics class, same tokens
+
+
+def test_the_3090_config_on_a_machine_without_cuda_stops_at_once_with_the_way_out(tmp_path):
+    """The 3090 configs switch Liger on; on this CPU machine the run must say so before it creates
+    the output folder or tokenises anything (TinyStories takes minutes)."""
+    import torch
+
+    from conftest import ROOT
+    from train import pretrain
+
+    if torch.cuda.is_available():
+        pytest.skip("this check is for machines without CUDA")
+    corpus = write_corpus(tmp_path / "c", docs=5)
+    with pytest.raises(SystemExit) as e:
+        pretrain.main(["--config", str(ROOT / "train/configs/rtx3090-pretrain.yaml"), "--dataset", str(corpus),
+                       "--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])
+    assert "liger: true runs Triton kernels on a CUDA GPU" in str(e.value) and "--liger false" in str(e.value)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()

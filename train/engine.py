@@ -114,6 +114,21 @@ def scratch_tokenizer(cfg: TrainConfig):
     return load_tokenizer(cfg.tokenizer)
 
 
+def check_liger(cfg: TrainConfig) -> None:
+    """`liger: true` (the 3090 configs) needs a CUDA GPU and liger-kernel: say so before anything is
+    tokenised or written, with the way out."""
+    if not cfg.liger:
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError("liger: true runs Triton kernels on a CUDA GPU and this machine has none; "
+                          "pass --liger false")
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"liger: true needs liger-kernel (pip install liger-kernel), or pass --liger false: {e}") \
+            from None
+
+
 def apply_liger(model) -> None:
     """Liger's Triton kernels on this one model: fused linear cross-entropy (the (B, T, vocab) logits
     are never materialised in training), RMSNorm and SwiGLU. Liger patches modeling_mistral's
@@ -122,7 +137,7 @@ def apply_liger(model) -> None:
     try:
         from liger_kernel.transformers import apply_liger_kernel_to_mistral
     except ImportError as e:                            # no package, or no triton (CPU builds of torch)
-        why = f"liger: true needs liger-kernel and triton on CUDA (pip install liger-kernel): {e}"
+        why = f"liger: true needs liger-kernel and triton on CUDA (pip install liger-kernel), or --liger false: {e}"
         raise ConfigError(why) from None
     from transformers.models.mistral import modeling_mistral as mm
 
@@ -235,6 +250,7 @@ def evaluate(model, blocks, cfg: TrainConfig, acc: Accelerator) -> float | None:
 def run(cfg: TrainConfig, data: Data | None = None, records: NoRecords | None = None) -> dict:
     """Train per `cfg`; returns a summary (final losses, tokens seen, export path...).
     `data` and `records` default to cfg's dataset and OUTPUT_DIR's files (benchmarks pass their own)."""
+    check_liger(cfg)                                   # before the output folder and the data
     acc = make_accelerator(cfg)
     set_seed(cfg.seed)
     say, is_main = acc.print, acc.is_main_process
