@@ -52,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 ["auto", "vllm", "sglang", "llama.cpp", "transformers", "openai"])):
         if getattr(args, name) not in choices:
             p.error(f"{env}={getattr(args, name)!r} (from the environment): must be one of {', '.join(choices)}")
-    static = os.environ.get("NUCLEUS_STATIC_CACHE", "auto").strip().lower()
+    static = os.environ.get("NUCLEUS_STATIC_CACHE", "").strip().lower() or "auto"
     if static not in STATIC_CACHE_CHOICES:      # nucleus.generation's, not imported yet (fast --help)
         p.error(f"NUCLEUS_STATIC_CACHE={static!r} (from the environment): must be one of "
                 f"{', '.join(STATIC_CACHE_CHOICES)}")

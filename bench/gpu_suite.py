@@ -124,8 +124,9 @@ PLAIN_LEVERS = dict(compile=False, liger=False, activation_checkpointing=True)
 
 
 def train_cases(smoke: bool, only: list[str] | None = None) -> list[tuple[str, dict]]:
-    """(name, overrides of rtx3090-pretrain.yaml) in order of expected value; liger/8-bit only if
-    importable; `only` keeps the named ones (--train-cases)."""
+    """(name, overrides of rtx3090-pretrain.yaml) in order of expected value; liger/8-bit cases only
+    where their package imports, as-is only on a GPU; `only` keeps the named ones (--train-cases) and
+    refuses a name that is unknown or not available here, saying which."""
     def importable(name):
         try:
             __import__(name)
@@ -135,28 +136,29 @@ def train_cases(smoke: bool, only: list[str] | None = None) -> list[tuple[str, d
 
     comp = {} if smoke else {"compile": True}     # CPU smoke: inductor would need minutes; the path is the same
     no_ckpt = {"activation_checkpointing": False}
-    cases = [("b_compile", comp)]
-    if importable("liger_kernel.transformers"):
-        # without checkpointing nothing is recomputed, but activations grow with the micro-batch:
-        # smaller micro-batches (more accumulation, same tokens per step) keep it under 22 GiB
-        cases += [("b_compile_liger", {**comp, "liger": True}),
-                  ("b_compile_liger_no_ckpt_mb2", {**comp, "liger": True, **no_ckpt, "micro_batch": 2}),
-                  ("b_compile_liger_no_ckpt_mb1", {**comp, "liger": True, **no_ckpt, "micro_batch": 1}),
-                  ("b_liger_no_ckpt_mb2", {"liger": True, **no_ckpt, "micro_batch": 2}),
-                  ("b_compile_liger_no_ckpt", {**comp, "liger": True, **no_ckpt}),
-                  ("b_compile_liger_mb8", {**comp, "liger": True, "micro_batch": 8})]
-    cases += [("b_compile_no_ckpt_mb2", {**comp, **no_ckpt, "micro_batch": 2}),
-              ("b_compile_no_ckpt", {**comp, **no_ckpt})]
-    if not smoke:                          # on CPU it would repeat b_compile (compile is off there)
-        cases.append(("b_3090_as_is", {}))
-    if importable("bitsandbytes"):
-        cases.append(("b_compile_adamw8bit", {**comp, "optimizer": "adamw8bit"}))
+    liger = importable("liger_kernel.transformers")
+    # (name, overrides, why it is not available here or None); without checkpointing nothing is
+    # recomputed, but activations grow with the micro-batch: smaller ones keep it under 22 GiB
+    no_liger = None if liger else "needs liger-kernel with triton on CUDA"
+    every = [("b_compile", comp, None),
+             ("b_compile_liger", {**comp, "liger": True}, no_liger),
+             ("b_compile_liger_no_ckpt_mb2", {**comp, "liger": True, **no_ckpt, "micro_batch": 2}, no_liger),
+             ("b_compile_liger_no_ckpt_mb1", {**comp, "liger": True, **no_ckpt, "micro_batch": 1}, no_liger),
+             ("b_liger_no_ckpt_mb2", {"liger": True, **no_ckpt, "micro_batch": 2}, no_liger),
+             ("b_compile_liger_no_ckpt", {**comp, "liger": True, **no_ckpt}, no_liger),
+             ("b_compile_liger_mb8", {**comp, "liger": True, "micro_batch": 8}, no_liger),
+             ("b_compile_no_ckpt_mb2", {**comp, **no_ckpt, "micro_batch": 2}, None),
+             ("b_compile_no_ckpt", {**comp, **no_ckpt}, None),
+             # on CPU it would repeat b_compile (compile and liger are off there)
+             ("b_3090_as_is", {}, "runs on a GPU only" if smoke else None),
+             ("b_compile_adamw8bit", {**comp, "optimizer": "adamw8bit"},
+              None if importable("bitsandbytes") else "needs bitsandbytes")]
     if only:
-        unknown = set(only) - {n for n, _ in cases}
-        if unknown:
-            raise ValueError(f"unknown or unavailable train cases: {sorted(unknown)}")
-        cases = [c for c in cases if c[0] in only]
-    return cases
+        known = {name: why for name, _, why in every}
+        bad = [f"{n} ({known[n]})" if n in known else f"{n} (unknown)" for n in only if known.get(n, "?")]
+        if bad:
+            raise ValueError(f"train cases not available: {', '.join(bad)}; known: {', '.join(known)}")
+    return [(name, o) for name, o, why in every if why is None and (not only or name in only)]
 
 
 def part_train(s: Suite, budget_s: float, steps: int, only: list[str] | None = None) -> None:
@@ -386,6 +388,9 @@ def split_file(path: Path, out: Path, size: int) -> list[Path]:
 
 
 # ---- main ---------------------------------------------------------------------------------------------
+PARTS = ("nano", "train", "serve")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", help="folder for gpu_suite.json and nano-gpu.tar.part* ($OUT on the device)")
@@ -414,6 +419,15 @@ def main(argv=None) -> dict:
         return prepare_carry(Path(args.corpus), Path(args.carry), not args.no_reference)
     if not args.out:
         raise SystemExit("error: --out is required")
+    # names are checked before any work: on a device a typo would cost a whole call
+    unknown = [p for p in args.parts.split(",") if p not in PARTS]
+    if unknown:
+        raise SystemExit(f"error: unknown part {', '.join(unknown)} in --parts; known: {', '.join(PARTS)}")
+    if args.train_cases:
+        try:
+            train_cases(args.cpu_smoke, args.train_cases.split(","))          # as part_train will
+        except ValueError as e:
+            raise SystemExit(f"error: --train-cases: {e}") from None
     s = Suite(Path(args.out), args.cpu_smoke, args.deadline_s)
     steps = 3 if s.smoke else args.train_steps
     parts = {"nano": lambda: part_nano(s, Path(args.carry) / "tokens", args.nano_budget_s, args.nano_max_epochs,

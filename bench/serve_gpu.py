@@ -218,7 +218,7 @@ def measure(device: torch.device, smoke: bool, emit, budget_s: float = 150.0,
     ]                                     # hf_static last: ../shared/baselines measured it (524 tok/s, H200)
     if tokenizer_dir:                     # the Space's path, as it runs on a GPU and as it ran before
         cases += [("space_static", lambda: space_rows(model, tokenizer_dir, device, new_fast, True)),
-                  ("space_dynamic", lambda: space_rows(model, tokenizer_dir, device, new_eager, False))]
+                  ("space_dynamic", lambda: space_rows(model, tokenizer_dir, device, new_fast, False))]
     for name, run in cases:
         if time.perf_counter() - start > budget_s:
             row({"case": name, "skipped": f"serving budget of {budget_s:.0f} s spent"})

@@ -78,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     try:
         static_cache_mode()
     except ValueError as e:
-        p.error(f"{e} (from the environment)")
+        p.error(str(e).replace("NUCLEUS_STATIC_CACHE: ", "NUCLEUS_STATIC_CACHE="))
     return args
 
 

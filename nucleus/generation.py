@@ -44,9 +44,10 @@ STATIC_CACHE_CHOICES = ("auto", "on", "off")
 
 def static_cache_mode() -> str:
     """NUCLEUS_STATIC_CACHE, checked (the app and the CLI call this at start-up)."""
-    mode = os.environ.get("NUCLEUS_STATIC_CACHE", "auto").strip().lower()
+    mode = os.environ.get("NUCLEUS_STATIC_CACHE", "").strip().lower() or "auto"     # set but empty: the default
     if mode not in STATIC_CACHE_CHOICES:
-        raise SettingsError("NUCLEUS_STATIC_CACHE", f"must be one of {', '.join(STATIC_CACHE_CHOICES)}, got {mode!r}")
+        raise SettingsError("NUCLEUS_STATIC_CACHE", f"{mode!r} (from the environment): must be one of "
+                                                    f"{', '.join(STATIC_CACHE_CHOICES)}")
     return mode
 
 

@@ -247,8 +247,10 @@ def test_static_cache_is_on_for_unquantised_cuda_models_only(tiny_lm, monkeypatc
     assert not generation.static_cache(cuda)
     monkeypatch.setenv("NUCLEUS_STATIC_CACHE", " ON ")
     assert generation.static_cache(tiny_lm)
+    monkeypatch.setenv("NUCLEUS_STATIC_CACHE", "")                      # set but empty: the default
+    assert not generation.static_cache(tiny_lm) and generation.static_cache(cuda)
     monkeypatch.setenv("NUCLEUS_STATIC_CACHE", "yes")
-    with pytest.raises(SettingsError, match="NUCLEUS_STATIC_CACHE: must be one of auto, on, off, got 'yes'"):
+    with pytest.raises(SettingsError, match="NUCLEUS_STATIC_CACHE: 'yes' \\(from the environment\\): must be one of auto, on, off"):
         generation.static_cache(tiny_lm)
 
 

@@ -163,8 +163,25 @@ def test_train_cases_can_be_chosen_by_name():
     chosen = train_cases(smoke=True, only=["b_compile_no_ckpt_mb2", "b_compile"])
     assert [n for n, _ in chosen] == [n for n in every if n in ("b_compile", "b_compile_no_ckpt_mb2")]
     assert dict(chosen)["b_compile_no_ckpt_mb2"] == {"activation_checkpointing": False, "micro_batch": 2}
-    with pytest.raises(ValueError, match="b_nonsense"):
+    with pytest.raises(ValueError, match=r"b_nonsense \(unknown\)"):
         train_cases(smoke=True, only=["b_compile", "b_nonsense"])
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except ImportError:                       # as here: the case exists, and the reason it cannot run is given
+        with pytest.raises(ValueError, match=r"b_compile_liger_no_ckpt_mb2 \(needs liger-kernel"):
+            train_cases(smoke=True, only=["b_compile_liger_no_ckpt_mb2"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--parts", "trian"], "unknown part trian in --parts; known: nano, train, serve"),
+    (["--parts", "train", "--train-cases", "bogus_case"], "--train-cases: train cases not available: bogus_case (unknown)"),
+])
+def test_wrong_names_are_refused_before_any_work(flags, message, tmp_path):
+    out = subprocess.run([sys.executable, "bench/gpu_suite.py", "--cpu-smoke", "--out", str(tmp_path / "o"), *flags],
+                         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "o" / "gpu_suite.json").exists()                # nothing was run
 
 
 def test_a_failing_batch_size_keeps_the_rows_measured_before_it(monkeypatch):

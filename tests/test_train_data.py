@@ -152,6 +152,11 @@ def test_bad_data_errors_are_one_clear_sentence(tmp_path, tok):
     broken.write_text('{"text": "fine"}\n{"text": unquoted}\n')
     with pytest.raises(D.DataError, match=r"broken\.jsonl: could not be read as json"):
         cache_of(tmp_path, tok, broken)
+    assert not (tmp_path / "cache").exists()           # a failed tokenising leaves no half-written cache
+    (tmp_path / "cache").mkdir()
+    with pytest.raises(D.DataError):
+        cache_of(tmp_path, tok, broken)
+    assert list((tmp_path / "cache").iterdir()) == []   # a cache folder that was there stays, empty
     folder = tmp_path / "hf"
     write_jsonl(folder / "train.jsonl", ["a b c"])
     with pytest.raises(D.DataError, match=r"no local files for split 'training'; found splits: \['train'\]"):

@@ -249,6 +249,7 @@ def tokenize_to_cache(spec: DataSpec, tokenizer, cache_dir: str | Path, say=prin
     val_split, held_out = held_out_plan(spec, splits)
     say(held_out)
     tmp = folder.with_name(folder.name + ".tmp")
+    made_cache_dir = not Path(cache_dir).exists()
     tmp.mkdir(parents=True, exist_ok=True)
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     counts = {"train": [0, 0], "val": [0, 0]}   # documents, tokens
@@ -293,6 +294,13 @@ def tokenize_to_cache(spec: DataSpec, tokenizer, cache_dir: str | Path, say=prin
                     write(target, texts)
                     bar.update(len(texts))
             bar.close()
+    except BaseException:   # a data error (or Ctrl-C) leaves no half-written cache behind
+        for fh in outs.values():
+            fh.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if made_cache_dir:
+            shutil.rmtree(cache_dir, ignore_errors=True)
+        raise
     finally:
         for fh in outs.values():
             fh.close()
