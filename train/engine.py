@@ -287,7 +287,8 @@ def run(cfg: TrainConfig, data: Data | None = None, records: NoRecords | None = 
     peak = peak_flops(cfg, acc.device)
     say(f"{cfg.stage}: {n_params / 1e6:,.1f}M params | {len(data.train):,} blocks x {cfg.seq_len} | "
         f"{step_tokens:,} tokens/step ({cfg.micro_batch} x {cfg.seq_len} x {accum} accum x {acc.num_processes} proc) | "
-        f"{total_steps} steps | precision {acc.mixed_precision} | device {acc.device}")
+        f"{total_steps} steps | precision {'fp32' if acc.mixed_precision == 'no' else acc.mixed_precision} | "
+        f"device {acc.device}")
 
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
