@@ -64,7 +64,8 @@ def hf_generate(model, prompt, new: int, static: bool = False):
 def chunked_cumsum(x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
     """cumsum over the last dimension as two short scans: within chunks of `chunk`, then over the
     chunks' totals. Inductor 2.11 splits one 32,000-long scan and fails to generate it for batch 16
-    (H200: "Error in codegen for ComputedBuffer ... SplitScan"); scans of 128 and 250 stay whole."""
+    (H200: "Error in codegen for ComputedBuffer ... SplitScan"); scans of 128 and 250 should not need
+    splitting (not yet run on a GPU)."""
     pad = (-x.shape[-1]) % chunk
     if pad:
         x = torch.nn.functional.pad(x, (pad, 0))           # leading zeros leave a cumsum unchanged
