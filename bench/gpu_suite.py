@@ -193,13 +193,13 @@ def part_train(s: Suite, budget_s: float, steps: int, only: list[str] | None = N
         s.emit({"part": "train", "case": "a_plain_hf", "error": f"{type(e).__name__}: {str(e)[:400]}"})
         a, a_tps = None, None
     s.clean()
+    plain = {**PLAIN_LEVERS, **({} if s.smoke else {"micro_batch": 4})}
     for name, overrides in train_cases(s.smoke, only):
         spent = time.perf_counter() - start
         if spent > budget_s or s.left() < 45:
             s.emit({"part": "train", "case": name, "skipped": f"budget spent ({spent:.0f} s)"})
             continue
         try:
-            plain = {**PLAIN_LEVERS, **({} if s.smoke else {"micro_batch": 4})}
             levers = {} if name == "b_3090_as_is" else {**plain, **overrides}
             c = TrainConfig.load(ROOT / "train/configs/rtx3090-pretrain.yaml", **{**base, **levers})
             cap = Capture()
