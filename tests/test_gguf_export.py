@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from nucleus import loading
 from nucleus.tokenizer import sentencepiece_path
 from train import export
-from train.gguf_file import GGUFExportError, read_summary, write_gguf
+from train.gguf_file import GGUFExportError, read_summary, sliding_window_warning, write_gguf
 
 NANO = loading.BUNDLED_MODEL
 
@@ -105,6 +105,30 @@ def test_quantised_weights_stay_close(files, hf_weights, kind, bound):
     got = as_float(t["blk.0.ffn_gate.weight"])
     err = np.linalg.norm(got - ref) / np.linalg.norm(ref)
     assert 0 < err < bound
+
+
+def test_a_window_shorter_than_the_context_is_warned_about(tmp_path, capsys):
+    """llama.cpp's "llama" architecture reads no sliding window, so a model whose window is shorter
+    than its context (the 1.13B: 4096 of 32768) is exported as it is, with one sentence on stderr
+    saying that the GGUF attends to the whole context beyond the window; a model whose window
+    covers its context (the nano) exports silently."""
+    from nucleus import architecture
+    from nucleus.tokenizer import load_tokenizer
+
+    folder = tmp_path / "windowed"
+    architecture.build(architecture.config("tiny", sliding_window=64), seed=0).save_pretrained(folder)
+    load_tokenizer().save_pretrained(folder)
+    out = export.main(["--checkpoint", str(folder), "--out", str(tmp_path / "windowed.gguf"), "--gguf", "f16"])
+    err = capsys.readouterr().err
+    assert "sliding window (64 tokens) is shorter than its context (512)" in err
+    assert "beyond 64 tokens the GGUF model attends to the whole context" in err
+    f = read_summary(out)["fields"]
+    assert f["llama.context_length"] == 512 and not any("sliding_window" in k for k in f)   # no key llama.cpp ignores
+    assert "(4096 tokens) is shorter than its context (32768)" in sliding_window_warning(architecture.config("nucleus-1b"))
+    assert sliding_window_warning(architecture.config("nano")) is None
+    assert sliding_window_warning(architecture.config("tiny", sliding_window=None)) is None   # no window at all
+    export.main(["--checkpoint", str(NANO), "--out", str(tmp_path / "nano.gguf"), "--gguf", "q8_0"])
+    assert "sliding window" not in capsys.readouterr().err
 
 
 def test_refuses_what_it_cannot_write(tmp_path, tiny_lm):

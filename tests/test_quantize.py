@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import nucleus
-from nucleus import quantize as Q
+from nucleus import int8, quantize
 from nucleus.loading import ModelLoadError
 
 from conftest import ROOT
@@ -17,15 +17,15 @@ from conftest import ROOT
 def test_int8_linear_matches_the_float_layer_on_both_kernels():
     torch.manual_seed(0)
     lin = torch.nn.Linear(256, 512, bias=False)
-    q = Q.Int8Linear(lin)
+    q = int8.Int8Linear(lin)
     assert q.weight_int8.dtype == torch.int8 and q.weight_int8.shape == (512, 256)
-    for rows in (1, 4, Q.DENSE_ROWS + 8):               # decode kernel, and the dense prefill path
+    for rows in (1, 4, int8.DENSE_ROWS + 8):               # decode kernel, and the dense prefill path
         x = torch.randn(1, rows, 256)
         ref, got = lin(x), q(x.to(torch.bfloat16)).float()
         assert got.shape == ref.shape
         assert ((got - ref).norm() / ref.norm()).item() < 0.02
     with pytest.raises(ValueError, match="without bias"):
-        Q.Int8Linear(torch.nn.Linear(4, 4, bias=True))
+        int8.Int8Linear(torch.nn.Linear(4, 4, bias=True))
 
 
 def test_quantize_replaces_every_linear_and_keeps_the_logits(tiny_dir):
@@ -33,7 +33,7 @@ def test_quantize_replaces_every_linear_and_keeps_the_logits(tiny_dir):
     quant = nucleus.load(tiny_dir, device="cpu", quantize="int8")
     assert quant.quantization == "int8" and "int8 weights" in quant.describe()
     assert not any(type(m) is torch.nn.Linear for m in quant.model.modules())
-    n_int8 = sum(isinstance(m, Q.Int8Linear) for m in quant.model.modules())
+    n_int8 = sum(isinstance(m, int8.Int8Linear) for m in quant.model.modules())
     assert n_int8 == 7 * quant.model.config.num_hidden_layers + 1          # q k v o gate up down + lm_head
     ids = torch.tensor([[1, 415, 5565, 302, 272, 2435, 28723]])
     with torch.no_grad():
@@ -51,18 +51,18 @@ def test_quantized_model_generates_through_the_same_path(tiny_dir):
 
 def test_auto_quantises_only_big_models_on_cpu_with_the_faster_kernel(tiny_dir, monkeypatch):
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert Q.fastest_cpu_mode() in ("int4", "int8")
-    assert Q.resolve_mode("auto", cpu, 1_134_596_096) == Q.fastest_cpu_mode()
+    assert quantize.fastest_cpu_mode() in ("int4", "int8")
+    assert quantize.resolve_mode("auto", cpu, 1_134_596_096) == quantize.fastest_cpu_mode()
     for fastest in ("int4", "int8"):
-        monkeypatch.setattr(Q, "fastest_cpu_mode", lambda: fastest)
-        assert Q.resolve_mode("auto", cpu, 1_134_596_096) == fastest
+        monkeypatch.setattr(quantize, "fastest_cpu_mode", lambda: fastest)
+        assert quantize.resolve_mode("auto", cpu, 1_134_596_096) == fastest
     with pytest.raises(ValueError, match="CPU path"):
-        Q.resolve_mode("int4", gpu, 10)
-    assert Q.resolve_mode("auto", cpu, 19_794_176) == "none"
-    assert Q.resolve_mode("auto", gpu, 1_134_596_096) == "none"
-    assert Q.resolve_mode("none", cpu, 1_134_596_096) == "none"       # the switch to turn it off
+        quantize.resolve_mode("int4", gpu, 10)
+    assert quantize.resolve_mode("auto", cpu, 19_794_176) == "none"
+    assert quantize.resolve_mode("auto", gpu, 1_134_596_096) == "none"
+    assert quantize.resolve_mode("none", cpu, 1_134_596_096) == "none"       # the switch to turn it off
     with pytest.raises(ValueError, match="CPU path"):
-        Q.resolve_mode("int8", gpu, 10)
+        quantize.resolve_mode("int8", gpu, 10)
     with pytest.raises(ModelLoadError, match="quantize must be one of"):
         nucleus.load(tiny_dir, device="cpu", quantize="int3")
     assert nucleus.load(tiny_dir, device="cpu").quantization == "none"  # auto: the tiny model stays fp32
@@ -72,7 +72,7 @@ def test_auto_quantises_only_big_models_on_cpu_with_the_faster_kernel(tiny_dir, 
 def test_weights_are_quantised_with_the_scale_that_dequantises_them():
     torch.manual_seed(1)
     lin = torch.nn.Linear(512, 300, bias=False)
-    q = Q.Int8Linear(lin)
+    q = int8.Int8Linear(lin)
     assert q.scale.dtype == torch.bfloat16
     w, s = lin.weight.detach().float(), q.scale.float()[:, None]              # (out, in), (out, 1)
     assert torch.equal(q.weight_int8, torch.round(w / s).clamp(-127, 127).to(torch.int8))
@@ -84,27 +84,27 @@ def test_weights_are_quantised_with_the_scale_that_dequantises_them():
 def test_prefill_reuses_one_small_buffer_across_threads_and_matches_dense():
     torch.manual_seed(2)
     lin = torch.nn.Linear(2048, 5000, bias=False)        # 20 MB in bf16: more than one block
-    q = Q.Int8Linear(lin)
-    assert q.out_features > Q.SCRATCH.block_rows(q.in_features)
-    x = torch.randn(1, Q.DENSE_ROWS + 32, 2048, dtype=torch.bfloat16)
+    q = int8.Int8Linear(lin)
+    assert q.out_features > int8.SCRATCH.block_rows(q.in_features)
+    x = torch.randn(1, int8.DENSE_ROWS + 32, 2048, dtype=torch.bfloat16)
     ref = (x.float() @ (q.weight_int8.float() * q.scale.float()[:, None]).t())
     first = q(x)                                          # allocates the buffer if no test did yet
     assert ((first.float() - ref).norm() / ref.norm()).item() < 0.01
-    buf, allocations = Q.SCRATCH.buf.data_ptr(), Q.SCRATCH.allocations
+    buf, allocations = int8.SCRATCH.buf.data_ptr(), int8.SCRATCH.allocations
     outs = []
     for _ in range(3):                                    # each request runs in a new thread
         t = threading.Thread(target=lambda: outs.append(q(x)))
         t.start()
         t.join()
     assert len(outs) == 3 and all(torch.equal(o, first) for o in outs)
-    assert Q.SCRATCH.allocations == allocations and Q.SCRATCH.buf.data_ptr() == buf
-    assert Q.SCRATCH.buf.numel() * 2 <= Q.PREFILL_BLOCK_BYTES < q.weight_int8.numel() * 2
+    assert int8.SCRATCH.allocations == allocations and int8.SCRATCH.buf.data_ptr() == buf
+    assert int8.SCRATCH.buf.numel() * 2 <= int8.PREFILL_BLOCK_BYTES < q.weight_int8.numel() * 2
 
 
 def test_concurrent_prefills_do_not_mix_their_weights():
     torch.manual_seed(3)
-    layers = [Q.Int8Linear(torch.nn.Linear(1024, 2500, bias=False)) for _ in range(2)]
-    x = torch.randn(Q.DENSE_ROWS + 16, 1024, dtype=torch.bfloat16)
+    layers = [int8.Int8Linear(torch.nn.Linear(1024, 2500, bias=False)) for _ in range(2)]
+    x = torch.randn(int8.DENSE_ROWS + 16, 1024, dtype=torch.bfloat16)
     expected = [layer(x) for layer in layers]
     wrong = []
 
@@ -129,11 +129,11 @@ def test_release_drops_mapped_pages_and_never_touches_anonymous_memory(tmp_path)
     save_file({"w": data}, tmp_path / "w.safetensors")
     mapped = load_file(tmp_path / "w.safetensors")["w"]                        # memory-mapped
     assert torch.equal(mapped, data)                                           # pages now resident
-    mappings = Q.file_mappings()
-    assert Q.release_if_mapped(mapped, mappings) >= 15 * 2**20
+    mappings = int8.file_mappings()
+    assert int8.release_if_mapped(mapped, mappings) >= 15 * 2**20
     assert torch.equal(mapped, data)              # read back unchanged from the file
     anon = data.clone()
-    assert Q.release_if_mapped(anon, mappings) == 0 and torch.equal(anon, data)
+    assert int8.release_if_mapped(anon, mappings) == 0 and torch.equal(anon, data)
 
 
 _PEAK_CHILD = r"""

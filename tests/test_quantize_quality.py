@@ -7,8 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import nucleus
-from nucleus import loading, quality
-from nucleus import quantize as Q
+from nucleus import int4, loading, quality
 from nucleus.tokenizer import load_tokenizer
 
 
@@ -19,8 +18,8 @@ def reference():
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
 def test_quantised_nano_passes_the_quality_gate(reference, mode):
-    if mode == "int4" and Q.int4_supported():
-        pytest.skip(Q.int4_supported())
+    if mode == "int4" and int4.int4_supported():
+        pytest.skip(int4.int4_supported())
     lm = nucleus.load(loading.BUNDLED_MODEL, device="cpu", quantize=mode)
     result = quality.compare(reference, lm.model, load_tokenizer(loading.BUNDLED_MODEL))
     assert result.positions > 900

@@ -235,6 +235,71 @@ def cache_key(spec: DataSpec, tokenizer) -> str:
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
 
 
+class _CacheWriter:
+    """The train.bin and val.bin of a cache being written, which split each document goes to, and
+    the counts that end up in meta.json."""
+
+    def __init__(self, tmp: Path, tokenizer, spec: DataSpec, val_split: str | None):
+        self.tokenizer, self.spec, self.val_split = tokenizer, spec, val_split
+        self.bos, self.eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+        self.counts = {"train": [0, 0], "val": [0, 0]}   # documents, tokens
+        self.stats = {"skipped_records": 0, "dropped_in_held_out": 0}
+        self.val_hashes: set[bytes] = set()
+        self.outs = {name: open(tmp / f"{name}.bin", "wb") for name in self.counts}
+
+    def write(self, split_name: str, texts: list[str]) -> None:
+        bos, eos = self.bos, self.eos
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        flat = np.fromiter((t for doc in ids for t in ([bos, *doc, eos] if bos is not None else [*doc, eos])),
+                           dtype=np.uint16)
+        flat.tofile(self.outs[split_name])
+        self.counts[split_name][0] += len(texts)
+        self.counts[split_name][1] += flat.size
+
+    def target_of(self, text: str, forced: str | None) -> str | None:
+        """Where a document goes: "train", "val", or None (a training document that also occurs in
+        the held-out split, dropped)."""
+        if forced == "val":
+            self.val_hashes.add(_text_hash(text))
+            return "val"
+        if self.val_split:
+            if _text_hash(text) in self.val_hashes:
+                self.stats["dropped_in_held_out"] += 1
+                return None
+            return "train"
+        return "val" if _is_validation(text, self.spec.validation_fraction) else "train"
+
+    def close(self) -> None:
+        for fh in self.outs.values():
+            fh.close()
+
+    def meta(self, held_out: str) -> dict:
+        counts, spec = self.counts, self.spec
+        return {"source": spec.source, "text_field": spec.text_field, "documents": counts["train"][0],
+                "tokens": counts["train"][1], "val_documents": counts["val"][0], "val_tokens": counts["val"][1],
+                "held_out": held_out, **self.stats, "bos": self.bos, "eos": self.eos}
+
+
+def _tokenize_split(spec: DataSpec, split: str, forced: str | None, out: _CacheWriter, splits) -> None:
+    """Tokenise one split of the source into `out`, TOKENIZE_BATCH documents per tokenizer call."""
+    batch = {"train": [], "val": []}
+    bar = tqdm(desc=f"tokenising {spec.source} [{split}]", unit=" docs", dynamic_ncols=True)
+    for text in _documents(spec, split, out.stats, splits):
+        target = out.target_of(text, forced)
+        if target is None:
+            continue
+        batch[target].append(text)
+        if len(batch[target]) >= TOKENIZE_BATCH:
+            out.write(target, batch[target])
+            bar.update(len(batch[target]))
+            batch[target] = []
+    for target, texts in batch.items():
+        if texts:
+            out.write(target, texts)
+            bar.update(len(texts))
+    bar.close()
+
+
 def tokenize_to_cache(spec: DataSpec, tokenizer, cache_dir: str | Path, say=print) -> Path:
     """Tokenise `spec` once into cache_dir/<key>/{train,val}.bin (uint16) + meta.json.
     Returns the folder. A finished cache is reused (without importing `datasets`); an
@@ -251,68 +316,24 @@ def tokenize_to_cache(spec: DataSpec, tokenizer, cache_dir: str | Path, say=prin
     tmp = folder.with_name(folder.name + ".tmp")
     made_cache_dir = not Path(cache_dir).exists()
     tmp.mkdir(parents=True, exist_ok=True)
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    counts = {"train": [0, 0], "val": [0, 0]}   # documents, tokens
-    stats = {"skipped_records": 0, "dropped_in_held_out": 0}
-    outs = {name: open(tmp / f"{name}.bin", "wb") for name in counts}
-    val_hashes: set[bytes] = set()
-
-    def write(split_name, texts):
-        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        flat = np.fromiter((t for doc in ids for t in ([bos, *doc, eos] if bos is not None else [*doc, eos])),
-                           dtype=np.uint16)
-        flat.tofile(outs[split_name])
-        counts[split_name][0] += len(texts)
-        counts[split_name][1] += flat.size
-
-    def target_of(text, forced):
-        if forced == "val":
-            val_hashes.add(_text_hash(text))
-            return "val"
-        if val_split:
-            if _text_hash(text) in val_hashes:
-                stats["dropped_in_held_out"] += 1
-                return None
-            return "train"
-        return "val" if _is_validation(text, spec.validation_fraction) else "train"
-
+    out = _CacheWriter(tmp, tokenizer, spec, val_split)
     try:   # the held-out split first, so training documents can be checked against it
         for split, forced in ([(val_split, "val")] if val_split else []) + [(spec.split, None)]:
-            batch = {"train": [], "val": []}
-            bar = tqdm(desc=f"tokenising {spec.source} [{split}]", unit=" docs", dynamic_ncols=True)
-            for text in _documents(spec, split, stats, splits):
-                target = target_of(text, forced)
-                if target is None:
-                    continue
-                batch[target].append(text)
-                if len(batch[target]) >= TOKENIZE_BATCH:
-                    write(target, batch[target])
-                    bar.update(len(batch[target]))
-                    batch[target] = []
-            for target, texts in batch.items():
-                if texts:
-                    write(target, texts)
-                    bar.update(len(texts))
-            bar.close()
+            _tokenize_split(spec, split, forced, out, splits)
     except BaseException:   # a data error (or Ctrl-C) leaves no half-written cache behind
-        for fh in outs.values():
-            fh.close()
+        out.close()
         shutil.rmtree(tmp, ignore_errors=True)
         if made_cache_dir:
             shutil.rmtree(cache_dir, ignore_errors=True)
         raise
     finally:
-        for fh in outs.values():
-            fh.close()
-    if stats["skipped_records"]:
-        say(f"{spec.source}: skipped {stats['skipped_records']} records with no text (null {spec.text_field!r})")
-    if stats["dropped_in_held_out"]:
-        say(f"{spec.source}: dropped {stats['dropped_in_held_out']} training documents that also occur "
+        out.close()
+    if out.stats["skipped_records"]:
+        say(f"{spec.source}: skipped {out.stats['skipped_records']} records with no text (null {spec.text_field!r})")
+    if out.stats["dropped_in_held_out"]:
+        say(f"{spec.source}: dropped {out.stats['dropped_in_held_out']} training documents that also occur "
             f"in the held-out split")
-    meta = {"source": spec.source, "text_field": spec.text_field, "documents": counts["train"][0],
-            "tokens": counts["train"][1], "val_documents": counts["val"][0], "val_tokens": counts["val"][1],
-            "held_out": held_out, **stats, "bos": bos, "eos": eos}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    (tmp / "meta.json").write_text(json.dumps(out.meta(held_out), indent=1))
     if folder.exists():                      # a concurrent run finished first; keep theirs
         shutil.rmtree(tmp)
     else:
@@ -380,6 +401,3 @@ class BatchOrder:
             self._perm_epoch = epoch
         start = j * self.global_batch + self.rank * self.micro_batch
         return self._perm[start:start + self.micro_batch]
-
-    def epoch_of(self, k: int) -> float:
-        return k / self.per_epoch

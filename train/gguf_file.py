@@ -13,6 +13,8 @@ Mistral-v0.1-shaped model, which llama.cpp runs as its "llama" architecture, so 
 - the weights under llama.cpp's tensor names. The query and key projections are re-ordered:
   transformers' Mistral rotates the two halves of each head's vector (rotate_half), llama.cpp's
   "llama" RoPE rotates adjacent pairs, so row i of a head's half h goes to row 2i + h.
+llama.cpp's "llama" architecture has no sliding window, so a model whose window is shorter than
+its context (the 1.13B) is exported with a warning on stderr (see sliding_window_warning).
 
 Types: f16, bf16, q8_0 (8-bit, blocks of 32) and q4_0 (4-bit, blocks of 32). In q4_0 the
 embeddings and the output layer are stored as q8_0, as the Nucleus int4 CPU path keeps its output
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -104,32 +107,30 @@ def _tensor_names(n_layers: int) -> dict[str, str]:
     return names
 
 
-def write_gguf(model, tokenizer, folder: str | Path, out: str | Path, kind: str = "q8_0",
-               name: str | None = None, progress: bool = True) -> Path:
-    """Write `model` (a MistralForCausalLM) and its tokenizer as one GGUF file, atomically."""
-    import gguf
-    from tqdm.auto import tqdm
+def sliding_window_warning(cfg) -> str | None:
+    """The warning a GGUF export of this config needs, or None. llama.cpp reads no sliding window
+    for its "llama" architecture (llama_model::load_hparams reads `*.attention.sliding_window` in
+    the cases of architectures built with one, llama4 among them, not in the "llama" case, whose
+    KV cache then has no window), and its convert_hf_to_gguf.py writes none for
+    MistralForCausalLM either. So a window shorter than the context (the 1.13B: 4096 of 32768)
+    cannot be carried over: there is no key to write, only the difference to say."""
+    window = getattr(cfg, "sliding_window", None)
+    if not window or window >= cfg.max_position_embeddings:
+        return None
+    return (f"warning: this model's sliding window ({window} tokens) is shorter than its context "
+            f"({cfg.max_position_embeddings}), and llama.cpp runs the GGUF's \"llama\" architecture without "
+            f"one: beyond {window} tokens the GGUF model attends to the whole context while transformers "
+            f"attends only to the last {window} tokens, so their outputs differ there.")
 
-    if kind not in TYPES:
-        raise GGUFExportError(f"GGUF type must be one of {', '.join(TYPES)}, got {kind!r}")
-    cfg = model.config
-    if cfg.model_type != "mistral":
-        raise GGUFExportError(f"GGUF export knows the Mistral architecture (Nucleus); this model is {cfg.model_type!r}")
-    if getattr(cfg, "tie_word_embeddings", False):
-        raise GGUFExportError("GGUF export expects untied embeddings (Nucleus has a separate lm_head)")
-    folder, out = Path(folder), Path(out)
-    sp_path = sentencepiece_model(folder, tokenizer)
-    qtype, ftype = _qtypes()[kind]
+
+def _hyperparameters(writer, cfg, name: str, ftype) -> None:
+    """The `llama.*` keys llama.cpp reads for a Mistral-shaped model."""
+    import gguf
+
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     rope = getattr(cfg, "rope_parameters", None) or {}
     theta = rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, part_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")   # never a user's file
-    os.close(fd)
-    part = Path(part_name)
-    writer = gguf.GGUFWriter(str(part), arch="llama")
-    writer.add_name(name or folder.name)
+    writer.add_name(name)
     writer.add_context_length(cfg.max_position_embeddings)
     writer.add_embedding_length(cfg.hidden_size)
     writer.add_block_count(cfg.num_hidden_layers)
@@ -144,27 +145,63 @@ def write_gguf(model, tokenizer, folder: str | Path, out: str | Path, kind: str 
     writer.add_vocab_size(cfg.vocab_size)
     writer.add_file_type(ftype)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    _tokenizer_fields(writer, sp_path, tokenizer)
 
+
+def _add_tensors(writer, model, kind: str, progress: bool) -> None:
+    """Every weight under its llama.cpp name: q/k re-ordered for llama.cpp's RoPE, norms in f32,
+    in q4_0 the embeddings and output layer in q8_0, the rest in `kind`."""
+    import gguf
+    from tqdm.auto import tqdm
+
+    cfg = model.config
+    qtype = _qtypes()[kind][0]
     names = _tensor_names(cfg.num_hidden_layers)
     state = model.state_dict()
     missing = set(names) - set(state)
     if missing:
         raise GGUFExportError(f"the model lacks {sorted(missing)[:3]}: not a Nucleus/Mistral checkpoint")
+    for hf_name in tqdm(names, desc=f"GGUF {kind}", unit="tensor", disable=not progress):
+        w = state[hf_name].detach().float()
+        if hf_name.endswith("q_proj.weight"):
+            w = rope_interleave(w, cfg.num_attention_heads)
+        elif hf_name.endswith("k_proj.weight"):
+            w = rope_interleave(w, cfg.num_key_value_heads)
+        data = w.numpy()
+        if w.ndim == 1:                                  # norms: f32 in every type
+            writer.add_tensor(names[hf_name], data.astype(np.float32))
+            continue
+        t = gguf.GGMLQuantizationType.Q8_0 if kind == "q4_0" and hf_name in (
+            "model.embed_tokens.weight", "lm_head.weight") else qtype
+        writer.add_tensor(names[hf_name], gguf.quants.quantize(data, t), raw_dtype=t)
+
+
+def write_gguf(model, tokenizer, folder: str | Path, out: str | Path, kind: str = "q8_0",
+               name: str | None = None, progress: bool = True) -> Path:
+    """Write `model` (a MistralForCausalLM) and its tokenizer as one GGUF file, atomically.
+    What the GGUF cannot carry (a sliding window shorter than the context) is said on stderr."""
+    import gguf
+
+    if kind not in TYPES:
+        raise GGUFExportError(f"GGUF type must be one of {', '.join(TYPES)}, got {kind!r}")
+    cfg = model.config
+    if cfg.model_type != "mistral":
+        raise GGUFExportError(f"GGUF export knows the Mistral architecture (Nucleus); this model is {cfg.model_type!r}")
+    if getattr(cfg, "tie_word_embeddings", False):
+        raise GGUFExportError("GGUF export expects untied embeddings (Nucleus has a separate lm_head)")
+    folder, out = Path(folder), Path(out)
+    sp_path = sentencepiece_model(folder, tokenizer)
+    if note := sliding_window_warning(cfg):
+        print(note, file=sys.stderr)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, part_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")   # never a user's file
+    os.close(fd)
+    part = Path(part_name)
+    writer = gguf.GGUFWriter(str(part), arch="llama")
+    _hyperparameters(writer, cfg, name or folder.name, _qtypes()[kind][1])
+    _tokenizer_fields(writer, sp_path, tokenizer)
     try:
-        for hf_name in tqdm(names, desc=f"GGUF {kind}", unit="tensor", disable=not progress):
-            w = state[hf_name].detach().float()
-            if hf_name.endswith("q_proj.weight"):
-                w = rope_interleave(w, cfg.num_attention_heads)
-            elif hf_name.endswith("k_proj.weight"):
-                w = rope_interleave(w, cfg.num_key_value_heads)
-            data = w.numpy()
-            if w.ndim == 1:                                  # norms: f32 in every type
-                writer.add_tensor(names[hf_name], data.astype(np.float32))
-                continue
-            t = gguf.GGMLQuantizationType.Q8_0 if kind == "q4_0" and hf_name in (
-                "model.embed_tokens.weight", "lm_head.weight") else qtype
-            writer.add_tensor(names[hf_name], gguf.quants.quantize(data, t), raw_dtype=t)
+        _add_tensors(writer, model, kind, progress)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file(progress=False)
