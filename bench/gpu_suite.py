@@ -1,7 +1,7 @@
 """One GPU call that measures everything (issue 11): training A/B, GPU serving, a GPU-trained nano.
 
     python bench/gpu_suite.py --prepare-carry                 # here, once: writes .carry/ (see README)
-    PYTHONUNBUFFERED=1 PYTHONPATH=. python3 bench/gpu_suite.py --out $OUT      # on the GPU machine
+    PYTHONUNBUFFERED=1 PYTHONPATH=.:.carry/site python3 bench/gpu_suite.py --out $OUT      # on the GPU machine
     python bench/gpu_suite.py --cpu-smoke --out /tmp/suite    # every part, a step or two, tiny shapes
 
 Parts, in the order of --parts (default nano,train,serve: the durable result first):
@@ -20,10 +20,12 @@ Parts, in the order of --parts (default nano,train,serve: the durable result fir
          engine on rtx3090-pretrain.yaml with speed levers (compile, liger, larger micro-batch,
          no checkpointing). Tokens/s (median step), MFU against the datasheet peak and a matmul
          ceiling measured here, peak memory (goal <= 22 GiB), loss curves (goal: within 1% of a).
-  serve  bench/serve_gpu.py: plain generate vs static cache + one compiled decode step, batch 1/16, TTFT.
+  serve  bench/serve_gpu.py: plain generate vs the product's decode loop (static cache + CUDA graphs), TTFT.
 Every case is guarded: an error becomes a row with `error` and the suite goes on. Results are
 rewritten to OUT/gpu_suite.json after every row, so a run stopped at its time limit keeps them.
 --deadline-s (default 480) bounds the whole run: parts shrink their budgets to what is left.
+On the GPU machine nothing is installed: PYTHONPATH puts the checkout (nucleus, train, bench) and
+the carried packages (.carry/site: liger-kernel) on the path.
 """
 from __future__ import annotations
 
@@ -42,21 +44,17 @@ from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")          # one log line per step, no progress bars in the log
 ROOT = Path(__file__).resolve().parent.parent
-if (ROOT / ".carry/site").is_dir():                   # carried pure-Python packages (liger-kernel)
-    sys.path.insert(0, str(ROOT / ".carry/site"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))   # bench/ helpers: gpu_carry, train_speed, serve_gpu
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.gpu_carry import (CARRY, NANO_TOKENIZER, committed_reference, heldout_ppl,  # noqa: E402
+                             passages_ppl, prepare_carry)
 from nucleus import architecture  # noqa: E402
 from train import data as D  # noqa: E402
 from train import engine  # noqa: E402
 from train.engine import Data, TrainConfig, flops_per_token, peak_flops, run  # noqa: E402
 from train.records import NoRecords, RunRecords  # noqa: E402
-
-from gpu_carry import (CARRY, NANO_TOKENIZER, committed_reference, heldout_ppl, passages_ppl,  # noqa: E402
-                       prepare_carry)
 
 # the engine's progress bar passes `disable` itself, so TQDM_DISABLE does not reach it: the device
 # reply carries the last 12,000 characters, which should be log lines, not redrawn bars
@@ -123,6 +121,15 @@ def median_tokens_per_second(step_seconds: list[float], step_tokens: int, skip: 
 PLAIN_LEVERS = dict(compile=False, liger=False, activation_checkpointing=True)
 
 
+def carry_site_hint() -> str:
+    """Why liger may be missing although it was carried: .carry/site is on the path only through
+    PYTHONPATH (the device command), so a run without it would quietly skip the liger cases."""
+    site = (CARRY / "site").resolve()
+    if not site.is_dir() or any(Path(p or ".").resolve() == site for p in sys.path):
+        return ""
+    return " (.carry/site is here but not on the path: run with PYTHONPATH=.:.carry/site)"
+
+
 def train_cases(smoke: bool, only: list[str] | None = None) -> list[tuple[str, dict]]:
     """(name, overrides of rtx3090-pretrain.yaml) in order of expected value; liger/8-bit cases only
     where their package imports, as-is only on a GPU; `only` keeps the named ones (--train-cases) and
@@ -139,7 +146,7 @@ def train_cases(smoke: bool, only: list[str] | None = None) -> list[tuple[str, d
     liger = importable("liger_kernel.transformers")
     # (name, overrides, why it is not available here or None); without checkpointing nothing is
     # recomputed, but activations grow with the micro-batch: smaller ones keep it under 22 GiB
-    no_liger = None if liger else "needs liger-kernel with triton on CUDA"
+    no_liger = None if liger else "needs liger-kernel with triton on CUDA" + carry_site_hint()
     every = [("b_compile", comp, None),
              ("b_compile_liger", {**comp, "liger": True}, no_liger),
              ("b_compile_liger_no_ckpt_mb2", {**comp, "liger": True, **no_ckpt, "micro_batch": 2}, no_liger),
@@ -162,7 +169,7 @@ def train_cases(smoke: bool, only: list[str] | None = None) -> list[tuple[str, d
 
 
 def part_train(s: Suite, budget_s: float, steps: int, only: list[str] | None = None) -> None:
-    from train_speed import baseline, matmul_ceiling
+    from bench.train_speed import baseline, matmul_ceiling
 
     shape = (dict(size="tiny", seq_len=32, micro_batch=2, tokens_per_step=128, precision="fp32") if s.smoke
              else dict(tokens_per_step=2 * 4 * 2048))   # 2 micro-batches per step: accumulation is exercised
@@ -221,7 +228,7 @@ def part_train(s: Suite, budget_s: float, steps: int, only: list[str] | None = N
 
 # ---- part: serving ------------------------------------------------------------------------------------
 def part_serve(s: Suite, budget_s: float) -> None:
-    import serve_gpu
+    from bench import serve_gpu
 
     serve_gpu.measure(s.device, s.smoke, s.emit, budget_s=min(budget_s, max(s.left() - 45, 0)),
                       tokenizer_dir=tokenizer_dir())
@@ -428,6 +435,8 @@ def main(argv=None) -> dict:
             train_cases(args.cpu_smoke, args.train_cases.split(","))          # as part_train will
         except ValueError as e:
             raise SystemExit(f"error: --train-cases: {e}") from None
+    if hint := carry_site_hint():                    # said at the top of the log, not only in a refusal
+        print(f"warning: the liger cases will be skipped{hint}", file=sys.stderr, flush=True)
     s = Suite(Path(args.out), args.cpu_smoke, args.deadline_s)
     steps = 3 if s.smoke else args.train_steps
     parts = {"nano": lambda: part_nano(s, Path(args.carry) / "tokens", args.nano_budget_s, args.nano_max_epochs,

@@ -28,12 +28,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from nucleus.loading import BUNDLED_MODEL  # noqa: E402
-from serve import free_port, running_app  # noqa: E402
+from bench.app_server import free_port, running_app
+from nucleus.loading import BUNDLED_MODEL
 
 MAX_REQUESTS_PER_USER = 500     # a bound besides time
 

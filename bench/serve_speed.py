@@ -36,7 +36,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 SAMPLING = dict(temperature=0.8, top_p=0.9)
 
@@ -233,7 +232,7 @@ def gguf_files(folder: Path, work: Path, llama_dir: Path) -> dict[str, Path]:
     return out
 
 
-def main(argv=None) -> list[dict]:
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", choices=["cpu"],
                    help="cpu (the GPU comparison needs a GPU machine; see README)")
@@ -248,35 +247,77 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--llama-cpp-dir", type=Path, default=os.environ.get("LLAMA_CPP_DIR"),
                    help="a llama.cpp source tree (for convert_hf_to_gguf.py; default: LLAMA_CPP_DIR)")
     p.add_argument("--child", nargs="+", metavar="ARG", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def child(args) -> dict:
+    """One (path, model) measurement, in the child process the parent started for it."""
+    path, folder, *rest = args.child
+    if path == "quality":
+        return gate(folder)
+    if path == "gguf":
+        return gguf_check(folder, rest[0])
+    if path.startswith("llama.cpp"):
+        return measure_llama_cpp(path, rest[0], folder, args.new_tokens, args.prompt_tokens)
+    return measure(path, folder, args.new_tokens, args.prompt_tokens)
+
+
+def runnable_paths(paths: list[str], llama_cpp_dir) -> list[str]:
+    """`paths` without the llama.cpp ones when llama-cpp-python is missing (said on stderr); those
+    converted by llama.cpp's own script also need its source tree."""
+    llama = [q for q in paths if q.startswith("llama.cpp") or q == "gguf"]
+    if not llama:
+        return paths
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        print("llama-cpp-python is not installed: skipping the llama.cpp paths (README: CPU serving)",
+              file=sys.stderr)
+        return [q for q in paths if q not in llama]
+    if llama_cpp_dir is None and any(q.startswith("llama.cpp") for q in paths):
+        raise SystemExit("the llama.cpp paths need --llama-cpp-dir (or LLAMA_CPP_DIR): a llama.cpp "
+                         "source tree, for its convert_hf_to_gguf.py")
+    return paths
+
+
+def run_child(args, name: str, path: str, folder: Path, extra: list[str]) -> dict:
+    """Run one path on one model in a fresh process (its own peak memory and caches)."""
+    out = subprocess.run([sys.executable, __file__, "--new-tokens", str(args.new_tokens), "--prompt-tokens",
+                          str(args.prompt_tokens), "--child", path, str(folder), *extra],
+                         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if out.returncode:
+        raise SystemExit(f"{name}/{path} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def summarize(name: str, rows: dict[str, dict]) -> dict:
+    """One model's ratios: every path against the baseline, int4 against llama.cpp's Q4_0, the gates."""
+    summary = {"model": name, "load_average": os.getloadavg()}
+    if "baseline" in rows:
+        b = rows["baseline"]
+        for path, r in rows.items():
+            if path not in ("baseline", "quality"):
+                summary[f"{path}_decode_vs_baseline"] = round(r["tok_per_s"] / b["tok_per_s"], 2)
+    if "nucleus-int4" in rows and "llama.cpp-q4_0" in rows:
+        o, l = rows["nucleus-int4"], rows["llama.cpp-q4_0"]
+        summary["int4_decode_vs_llama.cpp_q4_0"] = round(o["tok_per_s"] / l["tok_per_s"], 2)
+        summary["int4_prefill_speedup_vs_llama.cpp_q4_0"] = round(l["ttft_s"] / o["ttft_s"], 2)
+    if "quality" in rows:
+        summary.update({f"gate_{m}": rows["quality"][m]["passed"] for m in ("int8", "int4")})
+    if "gguf" in rows:
+        summary["gguf_greedy_equal"] = rows["gguf"]["greedy_equal"]
+    return summary
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
     if args.child:
-        path, folder, *rest = args.child
-        if path == "quality":
-            result = gate(folder)
-        elif path == "gguf":
-            result = gguf_check(folder, rest[0])
-        elif path.startswith("llama.cpp"):
-            result = measure_llama_cpp(path, rest[0], folder, args.new_tokens, args.prompt_tokens)
-        else:
-            result = measure(path, folder, args.new_tokens, args.prompt_tokens)
-        print(json.dumps(result))
+        print(json.dumps(child(args)))
         return []
 
     from nucleus.loading import BUNDLED_MODEL
 
-    paths = args.paths.split(",")
-    llama = [q for q in paths if q.startswith("llama.cpp") or q == "gguf"]
-    if llama:
-        try:
-            import llama_cpp  # noqa: F401
-        except ImportError:
-            print("llama-cpp-python is not installed: skipping the llama.cpp paths (README: CPU serving)",
-                  file=sys.stderr)
-            paths = [q for q in paths if q not in llama]
-        else:
-            if args.llama_cpp_dir is None and any(q.startswith("llama.cpp") for q in paths):
-                raise SystemExit("the llama.cpp paths need --llama-cpp-dir (or LLAMA_CPP_DIR): a llama.cpp "
-                                 "source tree, for its convert_hf_to_gguf.py")
+    paths = runnable_paths(args.paths.split(","), args.llama_cpp_dir)
     work = Path(args.work or tempfile.mkdtemp(prefix="nucleus-serve-"))
     work.mkdir(parents=True, exist_ok=True)
     print(json.dumps({"threads": torch.get_num_threads(), "load_average": os.getloadavg()}), flush=True)
@@ -288,27 +329,9 @@ def main(argv=None) -> list[dict]:
         for path in paths:
             extra = ([str(ggufs[path.split("-", 1)[1]])] if path.startswith("llama.cpp") else
                      [str(work)] if path == "gguf" else [])
-            out = subprocess.run([sys.executable, __file__, "--new-tokens", str(args.new_tokens), "--prompt-tokens",
-                                  str(args.prompt_tokens), "--child", path, str(folder), *extra],
-                                 capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-            if out.returncode:
-                raise SystemExit(f"{name}/{path} failed:\n{out.stderr[-3000:]}")
-            rows[path] = json.loads(out.stdout.strip().splitlines()[-1])
+            rows[path] = run_child(args, name, path, folder, extra)
             print(json.dumps({"model": name, **rows[path]}), flush=True)
-        summary = {"model": name, "load_average": os.getloadavg()}
-        if "baseline" in rows:
-            b = rows["baseline"]
-            for path, r in rows.items():
-                if path not in ("baseline", "quality"):
-                    summary[f"{path}_decode_vs_baseline"] = round(r["tok_per_s"] / b["tok_per_s"], 2)
-        if "nucleus-int4" in rows and "llama.cpp-q4_0" in rows:
-            o, l = rows["nucleus-int4"], rows["llama.cpp-q4_0"]
-            summary["int4_decode_vs_llama.cpp_q4_0"] = round(o["tok_per_s"] / l["tok_per_s"], 2)
-            summary["int4_prefill_speedup_vs_llama.cpp_q4_0"] = round(l["ttft_s"] / o["ttft_s"], 2)
-        if "quality" in rows:
-            summary.update({f"gate_{m}": rows["quality"][m]["passed"] for m in ("int8", "int4")})
-        if "gguf" in rows:
-            summary["gguf_greedy_equal"] = rows["gguf"]["greedy_equal"]
+        summary = summarize(name, rows)
         print(json.dumps(summary), flush=True)
         results += [{"model": name, **r} for r in rows.values()] + [summary]
     return results

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,8 +34,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bench.app_server import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 SPACE_CORES, SPACE_MEMORY = 2, 16 * 2**30      # a free CPU Space: 2 vCPU, 16 GB
 SAMPLE_SECONDS = 0.2
@@ -90,12 +90,6 @@ def prompt_of(n_tokens: int, folder: Path) -> tuple[str, int]:
 
 
 # ---- the app process ------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def limited(cmd: list[str], cores: int, memory: int) -> tuple[list[str], str]:
     """cmd wrapped in taskset/prlimit when they exist, and a sentence saying how it was limited."""
     how = []

@@ -15,27 +15,23 @@ passes the user's complete settings, and nothing a checkpoint ships may override
 from __future__ import annotations
 
 import functools
-import gc
-import hashlib
 import json
 import logging
 import os
-import pickle
 import re
-import shutil
 import socket
-import tempfile
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from transformers import (AutoConfig, AutoModelForCausalLM, GenerationConfig, PreTrainedModel,
-                          PreTrainedTokenizerBase)
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
 from .architecture import count_params
+from .backend import ModelLoadError
+from .local import LoadedModel
+from .pickles import PICKLE_INDEX, safetensors_copy
 from .quantize import quantize_model, resolve_mode
 from .tokenizer import load_tokenizer
 
@@ -48,43 +44,6 @@ HUB_CHECK_SECONDS = 2.0       # how long start-up may wait to learn whether the 
 CPU_BF16_MIN_PARAMS = 300e6   # on CPU, bf16 halves the bytes read per token; below this fp32 is as fast
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_PICKLE_INDEX = "pytorch_model.bin.index.json"
-_SIDE_FILES = ("*.json", "tokenizer.model")   # copied beside a converted safetensors file
-
-
-class ModelLoadError(RuntimeError):
-    """One sentence a user can act on."""
-
-
-@dataclass
-class LoadedModel:
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    source: str            # what was asked for: a Hub id or a folder
-    path: Path             # the local folder the weights came from
-    device: torch.device
-    dtype: torch.dtype
-    n_params: int
-    quantization: str = "none"   # "int8" / "int4": Linear weights stored so (nucleus/quantize.py)
-
-    @property
-    def name(self) -> str:
-        return self.source.rstrip("/").split("/")[-1]
-
-    @property
-    def nbytes(self) -> int:
-        """Memory held by the weights (parameters and buffers, quantised ones included)."""
-        return sum(t.numel() * t.element_size() for t in (*self.model.parameters(), *self.model.buffers()))
-
-    @property
-    def context_length(self) -> int:
-        return int(self.model.config.max_position_embeddings)
-
-    def describe(self) -> str:
-        weights = f"{self.quantization} weights, bfloat16 activations" if self.quantization != "none" else \
-            str(self.dtype).removeprefix("torch.")
-        return (f"{self.name}: {self.n_params / 1e6:,.1f}M parameters, {weights} "
-                f"on {self.device.type}, context {self.context_length} tokens")
 
 
 # ---- device and dtype -----------------------------------------------------------------------
@@ -173,8 +132,17 @@ def resolve_model(flag: str | None = None) -> tuple[str, str]:
         "(a folder with config.json and *.safetensors, e.g. the output of train/export.py).")
 
 
+def bundled_models() -> list[Path]:
+    """The models that ship in the repository: the offline default first, then its siblings
+    (models/nucleus-nano-stage1), each a folder with a config.json."""
+    if not (BUNDLED_MODEL / "config.json").is_file():
+        return []
+    siblings = sorted(p for p in BUNDLED_MODEL.parent.iterdir() if p != BUNDLED_MODEL and (p / "config.json").is_file())
+    return [BUNDLED_MODEL, *siblings]
+
+
 # ---- loading --------------------------------------------------------------------------------
-def _is_hub_id(source: str) -> bool:
+def is_hub_id(source: str) -> bool:
     """owner/name, unless it names a local path: `models/nucleus-nan0` (a typo under an existing
     folder) is a missing folder, not a Hub repository."""
     return bool(_HUB_ID.match(source)) and not Path(source.split("/")[0]).exists()
@@ -220,81 +188,14 @@ def check_folder(path: Path) -> str:
     if not weights and not pickles:
         raise ModelLoadError(f"{path} holds no weights: no *.safetensors or *.bin file (partial or interrupted "
                              "download?).")
-    for index_name in ("model.safetensors.index.json", _PICKLE_INDEX):
+    for index_name in ("model.safetensors.index.json", PICKLE_INDEX):
         index = path / index_name
-        if index.is_file() and (index_name != _PICKLE_INDEX or not weights):
+        if index.is_file() and (index_name != PICKLE_INDEX or not weights):
             shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
             missing = sorted(s for s in shards if not (path / s).is_file())
             if missing:
                 raise ModelLoadError(f"{path} is a partial checkpoint: shard {missing[0]} is missing.")
     return "safetensors" if weights else "pickle"
-
-
-# ---- pickle-only checkpoints ----------------------------------------------------------------
-def cache_dir() -> Path:
-    """Where safetensors copies of pickle-only checkpoints are kept (NUCLEUS_CACHE overrides)."""
-    return Path(os.environ.get("NUCLEUS_CACHE") or Path.home() / ".cache" / "nucleus") / "safetensors"
-
-
-def _read_pickle_tensors(file: Path) -> dict[str, torch.Tensor]:
-    """Tensors from a PyTorch pickle, read with the tensors-only unpickler: it cannot run code,
-    and refuses a file that needs anything else."""
-    try:
-        try:
-            data = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            data = torch.load(file, map_location="cpu", weights_only=True)   # legacy (non-zip) format
-    except pickle.UnpicklingError as e:
-        detail = next((ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
-        raise ModelLoadError(
-            f"Refused {file}: it holds Python objects besides tensors{f' ({detail})' if detail else ''}, and "
-            "unpickling those can run arbitrary code. Convert it to safetensors where you trust its origin: "
-            "model.save_pretrained(folder, safe_serialization=True).") from None
-    except Exception as e:
-        raise ModelLoadError(f"Could not read {file} (corrupt or truncated file?): {str(e).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"Refused {file}: expected a dict of tensors (a state dict), got {type(data).__name__}.")
-    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
-
-
-def safetensors_copy(path: Path) -> Path:
-    """A folder with the same config and tokenizer as `path` and its *.bin weights as one
-    model.safetensors, made once and reused on the next start."""
-    from safetensors.torch import save_file
-
-    bins = sorted(path.glob("pytorch_model*.bin")) or sorted(path.glob("*.bin"))
-    stamp = "|".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in bins)
-    out = cache_dir() / hashlib.sha256(stamp.encode()).hexdigest()[:20]
-    if (out / "model.safetensors").is_file():
-        return out
-    state: dict[str, torch.Tensor] = {}
-    for f in bins:
-        state.update(_read_pickle_tensors(f))
-    if not state:
-        raise ModelLoadError(f"{path}: its *.bin files hold no tensors.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".partial-"))
-    try:   # written aside and renamed: an interrupted conversion never looks finished
-        for pattern in _SIDE_FILES:
-            for side in path.glob(pattern):
-                if side.name != _PICKLE_INDEX:
-                    shutil.copy(side, tmp / side.name)
-        # safetensors refuses tensors that share memory; clone those (untied models have none)
-        seen: set[int] = set()
-        for k, v in state.items():
-            ptr = v.untyped_storage().data_ptr()
-            state[k] = v.clone().contiguous() if ptr in seen else v.contiguous()
-            seen.add(ptr)
-        save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
-        os.replace(tmp, out)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if (out / "model.safetensors").is_file():   # another process converted it first
-            return out
-        raise ModelLoadError(f"Could not write a safetensors copy of {path} under {out.parent}: {e}") from None
-    return out
 
 
 @dataclass
@@ -310,7 +211,7 @@ class _Plan:
 
 
 def _plan(source: str, device: str, dtype: str | torch.dtype, quantize: str) -> _Plan:
-    path = _download(source) if _is_hub_id(source) else Path(source).expanduser()
+    path = _download(source) if is_hub_id(source) else Path(source).expanduser()
     files = check_folder(path)
     try:
         cfg = AutoConfig.from_pretrained(path, trust_remote_code=False)
@@ -367,86 +268,3 @@ def inspect(source: str | os.PathLike, device: str = "auto", dtype: str = "auto"
             "context": int(getattr(plan.config, "max_position_embeddings", 0))}
 
 
-# ---- the models visitors may choose between -------------------------------------------------
-def memory_budget() -> int:
-    """Bytes of weights the catalog keeps resident: NUCLEUS_RESIDENT_GB, else half the machine's RAM."""
-    if os.environ.get("NUCLEUS_RESIDENT_GB"):
-        return int(float(os.environ["NUCLEUS_RESIDENT_GB"]) * 2**30)
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-
-
-class ModelCatalog:
-    """A fixed list of models (never paths typed by a visitor), chosen per request.
-
-    Loaded models stay resident, most recently used last, while their weights fit `budget`
-    bytes; past that the least recently used ones are dropped (the one just loaded always
-    stays). A model that is already loaded is never loaded again, and two requests for the same
-    model wait for one load."""
-
-    def __init__(self, initial: str, device: str = "auto", dtype: str = "auto", probe_hub: bool = True,
-                 quantize: str = "auto", budget: int | None = None):
-        self.device, self.dtype, self.quantize = device, dtype, quantize
-        self.budget = memory_budget() if budget is None else budget
-        self.choices: dict[str, str] = {}   # label shown in the UI -> source
-        self._add(initial)
-        if (BUNDLED_MODEL / "config.json").is_file():
-            self._add(str(BUNDLED_MODEL))
-        if probe_hub and hub_reachable():
-            self._add(DEFAULT_HUB_MODEL)
-        for folder in filter(None, os.environ.get("NUCLEUS_MODELS", "").split(os.pathsep)):
-            if _is_hub_id(folder) or (Path(folder).expanduser() / "config.json").is_file():
-                self._add(folder)
-            else:   # listed, it would fail only when a visitor picks it
-                log.warning("NUCLEUS_MODELS: left out %s, which is neither a model folder nor a Hub id", folder)
-        self._lock = threading.Lock()                       # guards the two dicts below
-        self._resident: OrderedDict[str, LoadedModel] = OrderedDict()
-        self._loading: dict[str, threading.Lock] = {}       # label -> held while it loads
-
-    def _add(self, source: str) -> None:
-        src = str(source)
-        if src in self.choices.values():
-            return
-        label = src.rstrip("/").split("/")[-1]
-        if label in self.choices:
-            label = src
-        self.choices[label] = src
-
-    @property
-    def labels(self) -> list[str]:
-        return list(self.choices)
-
-    @property
-    def resident(self) -> list[str]:
-        """Labels of the loaded models, least recently used first."""
-        with self._lock:
-            return list(self._resident)
-
-    def check(self, label) -> str:
-        """`label` if it names a model of this catalog, else a ModelLoadError naming the choices."""
-        if not isinstance(label, str):
-            raise ModelLoadError(f"model: expected one of the labels {self.labels} (text), "
-                                 f"got {type(label).__name__} {label!r}")
-        if label not in self.choices:
-            raise ModelLoadError(f"model: unknown model {label!r}; available: {', '.join(self.choices)}")
-        return label
-
-    def get(self, label) -> LoadedModel:
-        label = self.check(label)
-        with self._lock:
-            if label in self._resident:
-                self._resident.move_to_end(label)
-                return self._resident[label]
-            loading = self._loading.setdefault(label, threading.Lock())
-        with loading:
-            with self._lock:
-                if label in self._resident:       # loaded by the request we waited for
-                    self._resident.move_to_end(label)
-                    return self._resident[label]
-            log.info("loading model %s from %s", label, self.choices[label])
-            lm = load(self.choices[label], self.device, self.dtype, self.quantize)
-            with self._lock:
-                self._resident[label] = lm
-                while len(self._resident) > 1 and sum(m.nbytes for m in self._resident.values()) > self.budget:
-                    self._resident.popitem(last=False)   # a run still using it keeps it alive until done
-            gc.collect()
-            return lm

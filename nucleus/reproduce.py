@@ -14,7 +14,7 @@ import shlex
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlencode
 
-from .settings import BOUNDS, SamplingSettings, SettingsError
+from .settings import BOUNDS, SamplingSettings, SettingsError, parse_seed
 
 NUMERIC = tuple(BOUNDS)     # temperature, top_p, ..., seed: one query parameter each
 
@@ -73,6 +73,10 @@ def read_query(query: dict[str, list[str]] | str, presets: set[str], models: set
             continue
         text = q[name][-1]
         try:
+            if name == "seed":                              # the seed box's own rule: digits only
+                if (seed := parse_seed(text)) is not None:
+                    run.values[name] = seed
+                continue
             number = float(text)
             kind = BOUNDS[name][0]
             value = int(number) if kind is int and number.is_integer() else number
@@ -96,17 +100,39 @@ def generation_kwargs(settings: SamplingSettings) -> dict:
     return cfg
 
 
+WEIGHTS_NOTE = {
+    "int8": "# The page used int8 weights (nucleus/quantize.py); these bf16/fp32 weights can give other text.\n",
+    "int4": "# The page used int4 weights (nucleus/int4.py); these bf16/fp32 weights can give other text.\n",
+    "engine": "# The page's text came from an inference engine; its kernels and sampler can give other text.\n",
+}
+
+
+def shareable_source(source: str) -> str:
+    """The model as a visitor can name it: a Hub id as is, a folder of this repository relative to
+    it (models/nucleus-nano), any other folder by its name only: the server's own paths say nothing
+    to a visitor and should not be shown."""
+    from pathlib import Path
+
+    from .loading import REPO_ROOT, is_hub_id
+
+    if is_hub_id(source) or not Path(source).is_absolute():
+        return source
+    path = Path(source).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else path.name
+
+
 def snippets(prompt: str, settings: SamplingSettings, model_source: str, model_label: str, space: str,
-             dtype: str = "float32", quantized: bool = False) -> dict[str, str]:
+             dtype: str = "float32", weights: str = "none") -> dict[str, str]:
     """{"python", "gradio_client", "cli", "curl"}: the run as code. `space` is the Space's URL or id;
-    `model_source` the Hub id or folder the weights came from, `model_label` its name on the Space.
+    `model_source` the Hub id or folder the weights came from, `model_label` its name on the Space;
+    `weights` what the page ran: "none", "int8", "int4" or "engine" (nucleus.Backend.weights).
     `settings.max_new_tokens` should be what the run used (the page lowers it to fit the context)."""
     assert settings.seed is not None, "a run to repeat has a concrete seed"
     kwargs = generation_kwargs(settings)
     py_kwargs = ",\n    ".join(f"{k}={v!r}" for k, v in kwargs.items())
     stops = list(settings.stop)
-    note = ("# The page used int8 weights (nucleus/quantize.py); these bf16/fp32 weights can give other text.\n"
-            if quantized else "")
+    note = WEIGHTS_NOTE.get(weights, "")
+    model_source = shareable_source(model_source)
     python = f'''{note}import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 

@@ -19,10 +19,12 @@ MAX_NEW_TOKENS = 4096        # hard upper bound; the model's context may allow f
 MAX_STOP_STRINGS = 4
 MAX_STOP_CHARS = 64
 MAX_SEED = 2**32 - 1
+PENALTIES = "penalties"      # the stage of the repetition penalty and the no-repeat n-gram rule
 
 # field -> (kind, low, high, low_inclusive, help). The UI builds its sliders from this table.
 BOUNDS: dict[str, tuple[type, float, float, bool, str]] = {
-    "temperature": (float, 0.0, 2.0, True, "0 = greedy (always the most likely token)"),
+    "temperature": (float, 0.0, 2.0, True, "0 = greedy: the top token after the repetition penalty and "
+                                            "the n-gram rule"),
     "top_p": (float, 0.0, 1.0, False, "nucleus sampling: keep the smallest set of tokens with this much probability"),
     "top_k": (int, 0, 1000, True, "keep only the k most likely tokens; 0 = off"),
     "min_p": (float, 0.0, 1.0, True, "drop tokens below min_p x the top token's probability; 0 = off"),
@@ -85,6 +87,21 @@ def unescape(text: str) -> str:
     return re.sub(r"\\([nt\\])", lambda m: {"n": "\n", "t": "\t"}.get(m[1], m[1]), text)
 
 
+def parse_seed(value) -> int | None:
+    """The seed as people type it (the page's seed box, a share link): empty = None (a new random
+    seed each run), else a whole number written in digits, 0 to MAX_SEED; "1e3" or "4.0" are
+    refused, in the box and in a link alike. Numbers (the API) are checked by SamplingSettings."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.isdigit() or not text.isascii():
+            raise SettingsError("seed", f"expected a whole number from 0 to {MAX_SEED} written in digits, or "
+                                        f"nothing (random), got {text!r}")
+        value = int(text)
+    return _check_number("seed", value)
+
+
 def parse_stop_text(text: str | None) -> list[str]:
     """Stop strings from a text box: one per line, with \\n typed for a newline."""
     return [unescape(line) for line in (text or "").splitlines() if line]
@@ -138,12 +155,10 @@ class SamplingSettings:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
-    def to_generation_config(self, eos_token_id: int, pad_token_id: int | None = None,
-                             warpers: bool = True) -> GenerationConfig:
-        """The equivalent GenerationConfig. Greedy leaves the sampling warpers unset (they would
-        be ignored and warned about); penalties apply in both modes.
-        warpers=False: temperature/top-k/top-p/min-p neutral, for a caller that passes `warpers()`
-        to generate itself (stream() does, to record between them); the result is the same."""
+    def to_generation_config(self, eos_token_id: int, pad_token_id: int | None = None) -> GenerationConfig:
+        """The equivalent GenerationConfig (for transformers' generate: the code panel's snippet,
+        transformers serve, and the tests' reference). Greedy leaves the sampling warpers unset
+        (they would be ignored and warned about); penalties apply in both modes."""
         kw: dict[str, Any] = dict(
             max_new_tokens=self.max_new_tokens,
             repetition_penalty=self.repetition_penalty,
@@ -155,22 +170,25 @@ class SamplingSettings:
         )
         if not self.greedy:
             # top_k=0 must be explicit: transformers otherwise fills in its default of 50.
-            if warpers:
-                kw.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                          min_p=self.min_p or None)
-            else:
-                kw.update(temperature=1.0, top_p=1.0, top_k=0, min_p=None)
+            kw.update(temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p or None)
         return GenerationConfig(**kw)
 
-    def warpers(self) -> list[tuple[str, Any]]:
-        """(name, warper) pairs: exactly the sampling warpers transformers' generate builds from
-        `to_generation_config()`, in its order (temperature, top-k, top-p, min-p, applied after the
-        penalties); none when greedy. The same classes, so the numbers are transformers' own."""
-        from transformers import (MinPLogitsWarper, TemperatureLogitsWarper, TopKLogitsWarper,
+    def chain(self) -> list[tuple[str, Any]]:
+        """(stage, processor) pairs: exactly the processors transformers' generate builds from
+        `to_generation_config()`, in its order: the penalties (repetition penalty, then no-repeat
+        n-gram; in greedy runs too), then, when sampling, temperature, top-k, top-p and min-p. The
+        same classes with the same arguments, so the numbers are transformers' own
+        (tests/test_decode.py checks the scores against generate's)."""
+        from transformers import (MinPLogitsWarper, NoRepeatNGramLogitsProcessor,
+                                  RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
                                   TopPLogitsWarper)
-        if self.greedy:
-            return []
         out: list[tuple[str, Any]] = []
+        if self.repetition_penalty != 1.0:
+            out.append((PENALTIES, RepetitionPenaltyLogitsProcessor(self.repetition_penalty)))
+        if self.no_repeat_ngram_size:
+            out.append((PENALTIES, NoRepeatNGramLogitsProcessor(self.no_repeat_ngram_size)))
+        if self.greedy:
+            return out
         if self.temperature != 1.0:
             out.append(("temperature", TemperatureLogitsWarper(self.temperature)))
         if self.top_k:

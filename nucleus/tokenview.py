@@ -1,17 +1,15 @@
 """Token records: what the model proposed at each step, and what each sampling setting did to it.
 
-Recorded during the same `generate` call that writes the text, never by running the model again:
-- a forward hook on the output layer keeps each step's raw logits (the model's own distribution);
-- `generate` gets the sampling warpers as a list (`SamplingSettings.warpers()`: transformers'
-  own classes, in transformers' order) with a `_Snapshot` processor before and after each, so
-  every stage is seen where it happens: after the penalties (repetition penalty, no-repeat
-  n-gram), after temperature, after top-k, top-p and min-p. The last stage is the distribution
-  the token was drawn from.
+The decode loop (nucleus/decode.py) hands over, per step, the scores after each stage of the
+sampling chain: "raw" (the model's float32 logits), then the stages of `SamplingSettings.chain()`
+that ran ("penalties", "temperature", "top-k", "top-p", "min-p"); the last is the distribution the
+token was drawn from. `summarise` turns one step into a TokenRecord: the top candidates with their
+probability at every stage, which stage removed each, and how many tokens each stage removed.
+Nothing runs the model again and nothing is hooked into it. Cost: a few softmaxes, two top-k and
+one comparison per stage over the vocabulary (bench/decode_speed.py measures records on and off).
 
-A step is summarised when its token is known (at the next step, or at the end): its top
-candidates with their probability at every stage, which stage removed each one, and how many
-tokens each stage removed in all. Cost: a few softmaxes and comparisons over the vocabulary per
-token (bench/token_view.py measures it).
+A remote engine reports only the model's column (nucleus/remote.py builds records with NaN for
+the stages). `openai_logprobs` turns records of either kind into OpenAI's completions `logprobs`.
 """
 from __future__ import annotations
 
@@ -20,9 +18,8 @@ import re
 from dataclasses import dataclass, field
 
 import torch
-from transformers import LogitsProcessor
 
-PENALTIES = "penalties"    # repetition penalty + no-repeat n-gram, applied by generate before the warpers
+RAW, PENALTIES, TEMPERATURE = "raw", "penalties", "temperature"
 
 
 @dataclass(frozen=True)
@@ -30,7 +27,7 @@ class Candidate:
     token_id: int
     token: str              # the vocabulary piece, with SentencePiece's "▁" shown as a space
     raw: float              # the model's probability (softmax of its logits)
-    penalized: float        # after repetition penalty and no-repeat n-gram
+    penalized: float        # after repetition penalty and no-repeat n-gram (= raw when neither is on)
     tempered: float         # after temperature (= penalized when greedy or temperature 1)
     final: float            # in the distribution the token was drawn from; 0 = removed
     removed_by: str | None  # the stage that removed it: "penalties", "top-k", "top-p", "min-p"
@@ -47,6 +44,10 @@ class TokenRecord:
     kept: int = 0                   # tokens left to draw from
     greedy: bool = False
 
+    def with_text(self, text: str) -> TokenRecord:
+        return TokenRecord(self.token_id, text, self.raw_logprob, self.final, self.candidates, self.removed,
+                           self.kept, self.greedy)
+
 
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
@@ -61,110 +62,78 @@ def piece_text(piece: str) -> str:
     return piece.replace("▁", " ")
 
 
-class _Snapshot(LogitsProcessor):
-    """A logits processor that only looks: keeps the scores of one stage of the current step."""
-
-    def __init__(self, recorder: Recorder, stage: str):
-        self.recorder, self.stage = recorder, stage
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        self.recorder._see(self.stage, input_ids, scores)
-        return scores
-
-
-class Recorder:
-    """Collects a TokenRecord per generated token. Use `processors()` as generate's
-    logits_processor, and `close()` (which also summarises the last step) when generate returns."""
-
-    def __init__(self, model, tokenizer, warpers: list[tuple[str, LogitsProcessor]], top_n: int, greedy: bool):
-        self.tok, self.warpers, self.top_n, self.greedy = tokenizer, warpers, top_n, greedy
-        self.records: list[dict] = []      # summaries waiting for their text
-        self._raw: torch.Tensor | None = None
-        self._step: dict[str, torch.Tensor] = {}
-        self._hook = model.get_output_embeddings().register_forward_hook(self._on_logits)
-
-    # ---- wiring ---------------------------------------------------------------------------------
-    def processors(self) -> list[LogitsProcessor]:
-        out: list[LogitsProcessor] = [_Snapshot(self, PENALTIES)]
-        for name, warper in self.warpers:
-            out += [warper, _Snapshot(self, name)]
-        return out
-
-    def _on_logits(self, module, inputs, output) -> None:
-        self._raw = output[0, -1].detach()                 # (vocab,) raw logits of the newest position
-
-    def _see(self, stage: str, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> None:
-        if stage == PENALTIES and self._step:               # a new step: the previous token is known now
-            self._summarise(int(input_ids[0, -1]))
-        if stage == PENALTIES:
-            self._step = {"raw": self._raw}
-        self._step[stage] = scores[0]                       # warpers return new tensors: no copy needed
-
-    def close(self, last_token: int | None) -> None:
-        self._hook.remove()
-        if self._step and last_token is not None:
-            self._summarise(last_token)
-        self._step = {}
-
-    # ---- one step -------------------------------------------------------------------------------
-    def _summarise(self, chosen: int) -> None:
-        step, self._step = self._step, {}
-        stages = [PENALTIES] + [name for name, _ in self.warpers]
-        raw = step["raw"].float()
-        raw_lp = torch.log_softmax(raw, -1)
-        final_scores = step[stages[-1]].float()
-        final_p = torch.softmax(final_scores, -1)
-        pen_p = torch.softmax(step[PENALTIES].float(), -1)
-        temp_p = torch.softmax(step["temperature"].float(), -1) if "temperature" in step else pen_p
-        # removed: -inf now, finite before (the raw logits count as the stage before the penalties)
-        removed, before = {}, torch.isinf(raw)
-        gone: dict[str, torch.Tensor] = {}
-        for name in stages:
-            now = torch.isinf(step[name])
-            gone[name] = now & ~before
-            removed[name] = int(gone[name].sum())
-            before = now
-        n = min(self.top_n, raw.numel())
-        ids = dict.fromkeys(raw.topk(n).indices.tolist() + final_scores.topk(n).indices.tolist() + [chosen])
-        candidates = []
-        for i in ids:
-            by = next((name for name in stages if gone[name][i]), None)
-            candidates.append(Candidate(i, piece_text(self.tok.convert_ids_to_tokens(i)),
-                                        float(raw_lp[i].exp()), float(pen_p[i]), float(temp_p[i]),
-                                        float(final_p[i]), by))
-        candidates.sort(key=lambda c: -c.raw)
-        self.records.append(dict(token_id=chosen, raw_logprob=float(raw_lp[chosen]), final=float(final_p[chosen]),
-                                 candidates=tuple(candidates), removed={k: v for k, v in removed.items() if v},
-                                 kept=int((~torch.isinf(final_scores)).sum()), greedy=self.greedy))
+def summarise(stages: tuple[tuple[str, torch.Tensor], ...], chosen: int, top_n: int, tokenizer,
+              greedy: bool) -> TokenRecord:
+    """One step's record (its `text` empty: the caller knows it once the token is decoded).
+    stages: ("raw", (vocab,) float32 logits) first, then each stage's scores, the drawn-from last."""
+    by_name = dict(stages)
+    raw, final = by_name[RAW], stages[-1][1]
+    raw_lp = torch.log_softmax(raw, -1)
+    final_p = torch.softmax(final, -1)
+    pen_p = torch.softmax(by_name[PENALTIES], -1) if PENALTIES in by_name else raw_lp.exp()
+    temp_p = torch.softmax(by_name[TEMPERATURE], -1) if TEMPERATURE in by_name else pen_p
+    n = min(top_n, raw.numel())
+    ids = list(dict.fromkeys(raw.topk(n).indices.tolist() + final.topk(n).indices.tolist() + [chosen]))
+    index = torch.tensor(ids)
+    # removed at a stage: -inf now, finite before (the raw logits count as the stage before the first)
+    removed, gone, before = {}, [], torch.isinf(raw)
+    for name, scores in stages[1:]:
+        now = torch.isinf(scores)
+        newly = now & ~before
+        removed[name] = int(newly.sum())
+        gone.append((name, newly[index].tolist()))
+        before = now
+    values = torch.stack([raw_lp[index].exp(), pen_p[index], temp_p[index], final_p[index]]).tolist()
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    candidates = []
+    for j, (tid, piece) in enumerate(zip(ids, pieces)):
+        by = next((name for name, flags in gone if flags[j]), None)
+        candidates.append(Candidate(tid, piece_text(piece), values[0][j], values[1][j], values[2][j], values[3][j],
+                                    by))
+    candidates.sort(key=lambda c: -c.raw)
+    return TokenRecord(chosen, "", float(raw_lp[chosen]), float(final_p[chosen]), tuple(candidates),
+                       {k: v for k, v in removed.items() if v}, int((~torch.isinf(final)).sum()), greedy)
 
 
-def with_texts(records: list[dict], texts: list[str]) -> tuple[TokenRecord, ...]:
-    """Attach each token's text (from the stream's decoding) to its summary."""
-    return tuple(TokenRecord(text=t, **r) for r, t in zip(records, texts))
+def keep_shown(records: list[TokenRecord], texts: list[str], shown: str) -> tuple[TokenRecord, ...]:
+    """The records of the tokens whose text is shown, each with its text (a stop string and what
+    follows it are not shown, so their tokens have no record)."""
+    out, at = [], 0
+    for record, text in zip(records, texts):
+        if at + len(text) > len(shown):
+            break
+        at += len(text)
+        out.append(record.with_text(text))
+    return tuple(out)
 
 
 # ---- OpenAI completions `logprobs` ---------------------------------------------------------------
-MAX_LOGPROBS = 20     # as OpenAI's completions API
+def _finite(x: float) -> float | None:
+    """JSON has no NaN or infinity: an engine's missing value becomes null."""
+    return x if math.isfinite(x) else None
 
 
-def check_logprobs(value) -> int:
-    """The API's and the CLI's `logprobs`: alternatives per token, 0 (off) to 20."""
-    from .settings import SettingsError
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
-            or not 0 <= value <= MAX_LOGPROBS:
-        raise SettingsError("logprobs", f"expected a whole number from 0 to {MAX_LOGPROBS}, got {value!r}")
-    return int(value)
-
-
-def openai_logprobs(records: tuple[TokenRecord, ...], k: int, text_start: int = 0) -> dict:
-    """{tokens, token_logprobs, top_logprobs, text_offset} as OpenAI's completions API returns
-    them: the model's own (raw) log-probabilities, the top k alternatives per token."""
-    tokens, logprobs, tops, offsets, at = [], [], [], [], text_start
+def openai_logprobs(records: tuple[TokenRecord, ...], k: int, mode: str = "raw", text_start: int = 0) -> dict:
+    """{tokens, token_logprobs, top_logprobs, text_offset, token_ids} as OpenAI's completions API
+    returns them, in `mode` ("raw": the model's distribution; "processed": the one the token was
+    drawn from). tokens[i] is the text token i added ("".join(tokens) is the completion);
+    top_logprobs[i] holds the k most likely vocabulary pieces, most likely first, and the chosen
+    token's piece (as OpenAI: up to k + 1 entries); text_offset[i] counts from the start of
+    prompt + completion (text_start = the prompt's length). token_ids is ours (-1 where an engine
+    did not say)."""
+    tokens, logprobs, tops, offsets, ids, at = [], [], [], [], [], text_start
+    value = (lambda c: c.raw) if mode == "raw" else (lambda c: c.final)
     for r in records:
+        own = r.raw_logprob if mode == "raw" else (math.log(r.final) if r.final > 0 else math.nan)
+        ranked = sorted((c for c in r.candidates if value(c) > 0), key=lambda c: -value(c))[:k]
+        chosen = [c for c in r.candidates if c.token_id == r.token_id and c not in ranked]
+        entries = [(c.token, math.log(value(c))) for c in ranked] + [(c.token, own) for c in chosen[:1]]
+        entries.sort(key=lambda e: -e[1] if math.isfinite(e[1]) else math.inf)
+        tops.append({token: _finite(lp) for token, lp in entries})
         tokens.append(r.text)
-        logprobs.append(r.raw_logprob)
-        best = sorted(r.candidates, key=lambda c: -c.raw)[:k]
-        tops.append({c.token: round(math.log(max(c.raw, 1e-45)), 6) for c in best})   # 1e-45: no -inf in JSON
+        logprobs.append(_finite(own))
         offsets.append(at)
+        ids.append(r.token_id)
         at += len(r.text)
-    return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": tops, "text_offset": offsets}
+    return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": tops, "text_offset": offsets,
+            "token_ids": ids}

@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")          # tests never reach for th
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-ROOT = Path(__file__).resolve().parent.parent      # on sys.path via pyproject.toml's pytest `pythonpath`
+ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
 
 

@@ -28,8 +28,8 @@ def test_presets_and_models_endpoints(app_url, tiny_dir):
     presets = client.predict(api_name="/presets")
     assert [p["name"] for p in presets][:2] == ["recipe", "history-lesson"]
     assert presets[0]["settings"]["repetition_penalty"] == 1.5
-    # the model it was started with first, then the bundled offline default
-    assert client.predict(api_name="/models") == [tiny_dir.name, "nucleus-nano"]
+    # the model it was started with first, then the bundled models (the offline default and its stage 1)
+    assert client.predict(api_name="/models") == [tiny_dir.name, "nucleus-nano", "nucleus-nano-stage1"]
 
 
 def test_generate_with_every_setting_is_reproducible(app_url):
@@ -129,11 +129,19 @@ def test_api_text_joins_the_prompt_like_the_decoded_sequence(app_url, tiny_lm):
 
 def test_api_logprobs_in_openai_shape(app_url):
     client = Client(app_url, verbose=False)
-    out = client.predict("### Recipe: Soup\n", max_new_tokens=6, seed=4, logprobs=3, api_name="/generate")
+    prompt = "### Recipe: Soup\n"
+    out = client.predict(prompt, max_new_tokens=6, seed=4, logprobs=3, api_name="/generate")
     lp = out["logprobs"]
     assert "".join(lp["tokens"]) == out["text"] and len(lp["token_logprobs"]) == 6
-    assert all(len(top) <= 3 and all(v <= 0 for v in top.values()) for top in lp["top_logprobs"])
-    assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i]) for i in range(6)]
+    # 3 alternatives, and the chosen token when it is not among them (as OpenAI)
+    assert all(3 <= len(top) <= 4 and all(v <= 0 for v in top.values()) for top in lp["top_logprobs"])
+    assert lp["text_offset"] == [len(prompt) + sum(len(t) for t in lp["tokens"][:i]) for i in range(6)]
+    # processed at temperature 0 with a penalty: each token is the top of its alternatives
+    greedy = client.predict(prompt, temperature=0, repetition_penalty=1.5, max_new_tokens=8, logprobs=2,
+                            logprobs_mode="processed", api_name="/generate")["logprobs"]
+    assert all(max(top.values()) == chosen for top, chosen in zip(greedy["top_logprobs"], greedy["token_logprobs"]))
+    with pytest.raises(Exception, match="logprobs_mode: expected one of raw, processed, got 'cooked'"):
+        client.predict("hi", logprobs=2, logprobs_mode="cooked", api_name="/generate")
     assert client.predict("hi", max_new_tokens=2, api_name="/generate")["logprobs"] is None
     with pytest.raises(Exception, match="logprobs: expected a whole number from 0 to 20"):
         client.predict("hi", logprobs=21, api_name="/generate")

@@ -1,4 +1,5 @@
-"""app.py wiring that the end-to-end tests cannot reach: ZeroGPU and the Spaces-only button."""
+"""app.py and the page's wiring that the end-to-end tests cannot reach: ZeroGPU, the Spaces-only
+button, start-up checks."""
 import subprocess
 import sys
 import types
@@ -10,7 +11,8 @@ import app
 import nucleus
 from conftest import ROOT
 from nucleus import loading
-from nucleus.settings import SamplingSettings, SettingsError
+from nucleus.settings import SamplingSettings
+from playground import build_demo, handlers, zerogpu
 
 
 def test_gpu_lease_is_a_no_op_off_zerogpu(monkeypatch):
@@ -18,19 +20,33 @@ def test_gpu_lease_is_a_no_op_off_zerogpu(monkeypatch):
 
     def fn():
         return 1
-    assert app._gpu_lease(fn) is fn
+    assert zerogpu.gpu_lease(fn) is fn
 
 
-def test_gpu_lease_uses_spaces_gpu_on_zerogpu(monkeypatch):
-    calls = []
+def test_gpu_leases_follow_the_requests_tokens_however_they_are_passed(monkeypatch, tiny_dir):
+    """On ZeroGPU every run asks spaces.GPU for a lease sized by its max new tokens: the API's
+    (by keyword or by position, as raw HTTP and the page send them) and the page's runs."""
+    leases = {}
+
+    def fake_gpu(duration):
+        def wrap(fn):
+            leases[getattr(fn, "__name__", "?")] = duration
+            return fn
+        return wrap
+
     fake = types.ModuleType("spaces")
-    fake.GPU = lambda duration: (calls.append(duration), lambda f: ("leased", f))[1]
+    fake.GPU = fake_gpu
     monkeypatch.setitem(sys.modules, "spaces", fake)
     monkeypatch.setenv("SPACES_ZERO_GPU", "1")
-    sized = lambda *a, **k: app.lease_seconds(k["max_new_tokens"], 60)   # noqa: E731
-    assert app._gpu_lease(print, sized) == ("leased", print) and calls == [sized]
-    # the lease follows the request: more tokens, a longer lease, never past the time limit (+ margin)
-    assert app.lease_seconds(30, 60) < app.lease_seconds(600, 60) <= app.lease_seconds(4000, 60) == 65
+    monkeypatch.setattr(loading, "BUNDLED_MODEL", tiny_dir / "none")
+    build_demo(nucleus.ModelCatalog(str(tiny_dir), device="cpu", probe_hub=False), max_seconds=60)
+    api, page = leases["generate"], leases["run"]
+    assert api("hi", max_new_tokens=30) == api("hi", 0.7, 0.9, 0, 0.0, 1.5, 0, 30) == zerogpu.lease_seconds(30, 60)
+    assert api("hi", 0.7, 0.9, 0, 0.0, 1.5, 0, 600) == zerogpu.lease_seconds(600, 60) > api("hi", max_new_tokens=30)
+    assert api("hi") == zerogpu.lease_seconds(200, 60)                       # the default
+    assert page("nano", "hi", 0.7, 0.9, 0, 0.0, 1.5, 0, 600, "", "") == zerogpu.lease_seconds(600, 60)
+    # more tokens, a longer lease, never past the time limit (+ margin)
+    assert zerogpu.lease_seconds(30, 60) < zerogpu.lease_seconds(600, 60) <= zerogpu.lease_seconds(4000, 60) == 65
 
 
 def _buttons(demo):
@@ -41,24 +57,15 @@ def test_duplicate_button_only_on_spaces(monkeypatch, tiny_dir):
     monkeypatch.setattr(loading, "BUNDLED_MODEL", tiny_dir / "none")
     catalog = nucleus.ModelCatalog(str(tiny_dir), device="cpu", probe_hub=False)
     monkeypatch.delenv("SPACE_ID", raising=False)
-    assert _buttons(app.build_demo(catalog)) == []
+    assert _buttons(build_demo(catalog)) == []
     monkeypatch.setenv("SPACE_ID", "someone/nucleus")
-    assert len(_buttons(app.build_demo(catalog))) == 1
-
-
-def test_seed_box_empty_means_random_and_bad_text_is_refused():
-    assert app.parse_seed("") is None and app.parse_seed("  ") is None and app.parse_seed(None) is None
-    assert app.parse_seed(" 42 ") == 42 and app.parse_seed(7) == 7
-    with pytest.raises(SettingsError, match="seed: expected a whole number"):
-        app.parse_seed("4.5")
-    with pytest.raises(SettingsError, match="seed"):
-        app.parse_seed("-3")
+    assert len(_buttons(build_demo(catalog))) == 1
 
 
 def _demo(monkeypatch, tiny_dir, **kw):
     monkeypatch.setattr(loading, "BUNDLED_MODEL", tiny_dir / "none")
     catalog = nucleus.ModelCatalog(str(tiny_dir), device="cpu", probe_hub=False)
-    return app.build_demo(catalog, **kw)
+    return build_demo(catalog, **kw)
 
 
 def test_slider_ranges_equal_the_validated_ranges(monkeypatch, tiny_dir):
@@ -77,15 +84,18 @@ def test_slider_ranges_equal_the_validated_ranges(monkeypatch, tiny_dir):
 
 
 def test_demo_notice_names_the_bundled_model_and_the_fallback(monkeypatch, tiny_dir):
+    from playground.session import Space
+
     monkeypatch.setattr(loading, "BUNDLED_MODEL", tiny_dir)      # pretend the tiny model is the bundled one
     catalog = nucleus.ModelCatalog(str(tiny_dir), device="cpu", probe_hub=False)
-    assert "Nucleus-Nano" in app.notice_for(catalog, tiny_dir.name)
-    assert "not meaningful" in app.notice_for(catalog, tiny_dir.name)
-    note = app.notice_for(catalog, tiny_dir.name, "The Hub model X could not be loaded")
-    assert note.startswith("The Hub model X could not be loaded")
+    space = Space(catalog, {}, tiny_dir.name)
+    assert "Nucleus-Nano" in handlers.notice(space, tiny_dir.name)
+    assert "not meaningful" in handlers.notice(space, tiny_dir.name)
+    space.fallback = "The Hub model X could not be loaded"
+    assert handlers.notice(space, tiny_dir.name).startswith("The Hub model X could not be loaded")
     other = nucleus.ModelCatalog(str(tiny_dir), device="cpu", probe_hub=False)
     monkeypatch.setattr(loading, "BUNDLED_MODEL", tiny_dir / "none")
-    assert app.notice_for(other, tiny_dir.name) == ""
+    assert handlers.notice(Space(other, {}, tiny_dir.name), tiny_dir.name) == ""
 
 
 def test_presets_describe_the_prompt_not_what_the_loaded_model_does():
@@ -128,10 +138,14 @@ def test_command_line_values_are_checked_before_anything_loads(capsys):
         assert message in capsys.readouterr().err
 
 
-def test_static_cache_setting_is_checked_at_start_up(monkeypatch, capsys):
-    from nucleus import generation
-
-    assert app.STATIC_CACHE_CHOICES == generation.STATIC_CACHE_CHOICES   # app.py checks before importing it
+def test_environment_settings_are_checked_at_start_up(monkeypatch, capsys):
+    for name, value in (("NUCLEUS_QUANTIZE", "int3"), ("NUCLEUS_BACKEND_ENGINE", "tgi"),
+                        ("NUCLEUS_MAX_SECONDS", "soon")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(SystemExit):
+            app.parse_args([])
+        assert f"{name}={value!r} (from the environment)" in capsys.readouterr().err
+        monkeypatch.delenv(name)
     monkeypatch.setenv("NUCLEUS_STATIC_CACHE", "maybe")
     with pytest.raises(SystemExit):
         app.parse_args([])

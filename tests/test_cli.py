@@ -73,7 +73,8 @@ def test_logprobs_json_lines(tiny_dir):
               "--logprobs", "2")
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
-    assert len(rows) == 4 and all(r["logprob"] <= 0 and len(r["top_logprobs"]) <= 2 for r in rows)
+    assert len(rows) == 4 and all(r["logprob"] <= 0 and 2 <= len(r["top_logprobs"]) <= 3 for r in rows)
+    assert [r["text_offset"] for r in rows][0] == len("hi")             # OpenAI's: from the prompt's start
     bad = cli("generate", "--model", str(tiny_dir), "--prompt", "hi", "--logprobs", "50")
     assert bad.returncode == 2 and "logprobs: expected a whole number from 0 to 20" in bad.stderr
 

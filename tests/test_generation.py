@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import nucleus
-from nucleus import generation
-from nucleus.generation import cut_at_stop, fit_context
+from nucleus import backend, local
+from nucleus.backend import cut_at_stop, fit_context
 from nucleus.settings import SamplingSettings, SettingsError
 from nucleus.tokenizer import encode_prompt
 
@@ -72,38 +72,45 @@ def test_streaming_yields_growing_text_and_reports_speed(tiny_lm):
     assert last.tokens == 60 and last.finish_reason == "length" and last.tokens_per_second > 0
 
 
-def test_cancel_stops_within_one_token_and_frees_the_worker(tiny_lm, monkeypatch):
-    controls = []
-
-    class Recording(generation.RunControl):
-        def __init__(self, *a):
-            super().__init__(*a)
-            controls.append(self)
-
-    monkeypatch.setattr(generation, "RunControl", Recording)
+def test_cancel_stops_within_one_token(tiny_lm):
     cancel = threading.Event()
     s = SamplingSettings(max_new_tokens=500, seed=5)
-    it = nucleus.stream(tiny_lm, "x", s, cancel)
-    at_cancel = None
-    for update in it:
-        if at_cancel is None and update.tokens >= 5:
-            at_cancel = controls[0].tokens   # tokens the worker had made when Stop was pressed
+    seen = 0
+    for update in nucleus.stream(tiny_lm, "x", s, cancel):
+        if not update.done:
+            seen = update.tokens
+        if seen >= 5 and not cancel.is_set():
+            at_cancel = seen               # the loop yields one update per token: Stop comes after token 5
             cancel.set()
     assert update.done and update.finish_reason == "cancelled"
-    assert update.tokens <= at_cancel + 1 < 500
-    assert generation._RUN_LOCK.acquire(timeout=1)   # the worker is free for the next request
-    generation._RUN_LOCK.release()
+    assert update.tokens == at_cancel < 500   # not one token more: the flag is read before the next forward
 
 
-def test_abandoning_the_stream_stops_generation(tiny_lm):
+def test_abandoning_the_stream_stops_generation_and_starts_no_thread(tiny_lm):
+    before = threading.active_count()
     it = nucleus.stream(tiny_lm, "x", SamplingSettings(max_new_tokens=500, seed=6))
     for _, update in zip(range(3), it):
-        pass
-    it.close()                                     # what a dropped request does
-    assert not generation._WORKER.busy.is_set()    # the generate call has returned
-    assert [t.name for t in threading.enumerate()].count("nucleus-generate") <= 1   # one worker, reused
-    assert generation._RUN_LOCK.acquire(timeout=1)
-    generation._RUN_LOCK.release()
+        assert threading.active_count() == before     # the loop runs in the consumer's own thread
+    it.close()                                       # what a dropped request does
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+def test_runs_from_other_threads_are_independent_and_reproducible(tiny_lm):
+    """Each run draws from its own seeded generator: two at once give what each gives alone."""
+    s = [SamplingSettings(max_new_tokens=30, seed=k, temperature=1.0) for k in (1, 2)]
+    alone = [nucleus.generate(tiny_lm, PROMPT, x).text for x in s]
+    out = [None, None]
+
+    def work(i):
+        out[i] = nucleus.generate(tiny_lm, PROMPT, s[i]).text
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out == alone
 
 
 def test_long_prompt_is_cut_oldest_first_and_the_kept_part_is_reported(tiny_lm):
@@ -128,7 +135,7 @@ def test_max_new_tokens_is_lowered_instead_of_cutting_a_prompt_that_fits(tiny_lm
 
 
 def test_fit_context():
-    assert fit_context([1, 5, 6], 10, 100) == generation.Fit([1, 5, 6], 10)
+    assert fit_context([1, 5, 6], 10, 100) == backend.Fit([1, 5, 6], 10)
     fit = fit_context([1] + list(range(10, 30)), 5, 100)          # fits: unchanged
     assert fit.max_new_tokens == 5 and fit.warning is None
     fit = fit_context([1] + list(range(10, 30)), 50, 30)          # prompt fits, new tokens do not
@@ -211,7 +218,7 @@ def test_incremental_decoder_keeps_spaces_across_windows(tiny_lm):
     prompt_ids = encode_prompt(tok, "The story:")
     text = " the cat sat on the mat, 你好 café.\n" * 30
     new_ids = tok(text, add_special_tokens=False).input_ids
-    dec = generation.IncrementalDecoder(tok, prompt_ids)
+    dec = local.IncrementalDecoder(tok, prompt_ids)
     for i in range(0, len(new_ids), 3):                          # arrives a few ids at a time
         got = dec.add(new_ids[i:i + 3])
     assert "The story:" + got == tok.decode(prompt_ids + new_ids, skip_special_tokens=True)
@@ -235,43 +242,40 @@ def test_checkpoint_generation_config_does_not_override_settings(tiny_dir, tmp_p
         assert a.text == b.text and a.tokens == b.tokens == 20
 
 
-# ---- the GPU path's switch: a static KV cache (transformers compiles it on CUDA) ---------------------
+# ---- the GPU path's switch: a static KV cache (compiled with CUDA graphs on a GPU) ---------------------
 def test_static_cache_is_on_for_unquantised_cuda_models_only(tiny_lm, monkeypatch):
     import dataclasses
 
+    from nucleus.options import OptionError
+
     monkeypatch.delenv("NUCLEUS_STATIC_CACHE", raising=False)
     cuda = dataclasses.replace(tiny_lm, device=torch.device("cuda"))
-    assert not generation.static_cache(tiny_lm) and generation.static_cache(cuda)
-    assert not generation.static_cache(dataclasses.replace(cuda, quantization="int8"))
+    assert not tiny_lm.static_cache() and cuda.static_cache()
+    assert not dataclasses.replace(cuda, quantization="int8").static_cache()
     monkeypatch.setenv("NUCLEUS_STATIC_CACHE", "off")
-    assert not generation.static_cache(cuda)
+    assert not cuda.static_cache()
     monkeypatch.setenv("NUCLEUS_STATIC_CACHE", " ON ")
-    assert generation.static_cache(tiny_lm)
+    assert tiny_lm.static_cache()
     monkeypatch.setenv("NUCLEUS_STATIC_CACHE", "")                      # set but empty: the default
-    assert not generation.static_cache(tiny_lm) and generation.static_cache(cuda)
+    assert not tiny_lm.static_cache() and cuda.static_cache()
     monkeypatch.setenv("NUCLEUS_STATIC_CACHE", "yes")
-    with pytest.raises(SettingsError, match="NUCLEUS_STATIC_CACHE: 'yes' \\(from the environment\\): must be one of auto, on, off"):
-        generation.static_cache(tiny_lm)
+    with pytest.raises(OptionError, match="NUCLEUS_STATIC_CACHE='yes' \\(from the environment\\): must be one of auto, on, off"):
+        tiny_lm.static_cache()
 
 
 def test_static_cache_path_gives_the_dynamic_paths_text(tiny_lm, monkeypatch):
-    """The same generate call with cache_implementation="static" (run here on CPU, uncompiled): the
-    same tokens for the same seed, for runs of different lengths one after the other (transformers
-    keeps one cache and resizes it), sampled and greedy, stop strings included."""
+    """NUCLEUS_STATIC_CACHE=on on CPU (the cache without compiling): the same text for the same seed,
+    for runs of different lengths one after the other in the one reused cache, sampled and greedy,
+    stop strings included; and the model really got a StaticCache."""
     from transformers import StaticCache
 
-    seen, caches = [], set()
-    real, forward = tiny_lm.model.generate, tiny_lm.model.forward
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["generation_config"].cache_implementation)
-        return real(*args, **kwargs)
+    caches = set()
+    forward = tiny_lm.model.forward
 
     def forward_spy(*args, **kwargs):     # the cache the model really got (5.24 names it cache)
         caches.add(type(kwargs.get("cache", kwargs.get("past_key_values"))).__name__)
         return forward(*args, **kwargs)
 
-    monkeypatch.setattr(tiny_lm.model, "generate", spy)
     monkeypatch.setattr(tiny_lm.model, "forward", forward_spy)
     runs = [("### Lesson: Bees\n", SamplingSettings(max_new_tokens=12, seed=3)),
             ("Once upon a time", SamplingSettings(max_new_tokens=30, seed=4, repetition_penalty=1.5, top_k=20)),
@@ -283,7 +287,7 @@ def test_static_cache_path_gives_the_dynamic_paths_text(tiny_lm, monkeypatch):
     caches.clear()
     monkeypatch.setenv("NUCLEUS_STATIC_CACHE", "on")
     static = [nucleus.generate(tiny_lm, p, s) for p, s in runs]
-    assert seen == [None] * len(runs) + ["static"] * len(runs) and caches == {StaticCache.__name__}
+    assert caches == {StaticCache.__name__}
     for d, s in zip(dynamic, static):
         assert (s.text, s.tokens, s.finish_reason) == (d.text, d.tokens, d.finish_reason)
     assert dynamic[3].finish_reason == "stop" and dynamic[1].tokens == 30

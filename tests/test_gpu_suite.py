@@ -42,7 +42,9 @@ def numbers(value):
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("suite")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # the device command's PYTHONPATH (docs/benchmarks.md): the checkout and the carried packages
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / ".carry" / "site")]),
+           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run([sys.executable, "-c", BLOCKED, "--cpu-smoke", "--out", str(out)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -135,9 +137,7 @@ def test_legacy_split_holds_out_by_position_as_the_committed_nano_was(tmp_path):
     each document's position (reference.json then reproduces the card's perplexities)."""
     import numpy as np
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    from gpu_carry import legacy_is_validation, legacy_split_cache
-
+    from bench.gpu_carry import legacy_is_validation, legacy_split_cache
     from nucleus.tokenizer import load_tokenizer
     from train import data as D
 
@@ -155,8 +155,7 @@ def test_legacy_split_holds_out_by_position_as_the_committed_nano_was(tmp_path):
 
 
 def test_train_cases_can_be_chosen_by_name():
-    sys.path.insert(0, str(ROOT / "bench"))
-    from gpu_suite import train_cases
+    from bench.gpu_suite import train_cases
 
     every = [name for name, _ in train_cases(smoke=True)]
     assert "b_compile_no_ckpt_mb2" in every and len(every) == len(set(every))
@@ -172,6 +171,19 @@ def test_train_cases_can_be_chosen_by_name():
             train_cases(smoke=True, only=["b_compile_liger_no_ckpt_mb2"])
 
 
+def test_carried_packages_off_the_path_are_named(tmp_path, monkeypatch):
+    """.carry/site reaches the path only through PYTHONPATH (the device command); run without it,
+    the liger cases would be skipped with no word, so the suite says why."""
+    from bench import gpu_suite
+
+    monkeypatch.setattr(gpu_suite, "CARRY", tmp_path / ".carry")
+    assert gpu_suite.carry_site_hint() == ""                          # nothing carried: nothing to say
+    (tmp_path / ".carry" / "site").mkdir(parents=True)
+    assert "PYTHONPATH=.:.carry/site" in gpu_suite.carry_site_hint()
+    monkeypatch.setattr(sys, "path", [*sys.path, str(tmp_path / ".carry" / "site")])
+    assert gpu_suite.carry_site_hint() == ""
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--parts", "trian"], "unknown part trian in --parts; known: nano, train, serve"),
     (["--parts", "train", "--train-cases", "bogus_case"], "--train-cases: train cases not available: bogus_case (unknown)"),
@@ -184,35 +196,36 @@ def test_wrong_names_are_refused_before_any_work(flags, message, tmp_path):
     assert not (tmp_path / "o" / "gpu_suite.json").exists()                # nothing was run
 
 
-def test_a_failing_batch_size_keeps_the_rows_measured_before_it(monkeypatch):
-    """On the H200 the batch-16 compile failed and took the batch-1 figure with it: rows are now
-    emitted as measured."""
+def test_serving_measures_the_products_loop_and_a_failing_case_keeps_the_others(monkeypatch):
+    """The serve part times nucleus's own decode loop (static and dynamic cache, records on and off)
+    beside plain generate; a case that fails mid-way keeps the rows it measured, and the others run."""
     import torch
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    import serve_gpu
+    from bench import serve_gpu
 
-    real = serve_gpu.Decoder.generate
+    real = serve_gpu.ours_rows
 
-    def generate(self, prompt, new):
-        if prompt.shape[0] == 2:
-            raise RuntimeError("inductor failed for batch 2")
-        return real(self, prompt, new)
+    def failing(lm, new, long_prompt, static):
+        rows = real(lm, new, long_prompt, static)
+        yield next(rows)                          # records on: measured
+        if static:
+            raise RuntimeError("CUDA graphs failed")
+        yield from rows
 
-    monkeypatch.setattr(serve_gpu.Decoder, "generate", generate)
+    monkeypatch.setattr(serve_gpu, "ours_rows", failing)
     rows = []
     serve_gpu.measure(torch.device("cpu"), True, rows.append)
-    ours = [r for r in rows if r["case"] == "ours"]
-    assert ours[0]["ttft_ms"] > 0 and ours[1]["batch"] == 1 and ours[1]["tok_per_s"] > 0
-    assert "inductor failed for batch 2" in ours[2]["error"]
+    static = [r for r in rows if r["case"] == "ours_static"]
+    assert static[0]["records"] == 10 and static[0]["tok_per_s"] > 0 and "CUDA graphs failed" in static[1]["error"]
+    dynamic = [r for r in rows if r["case"] == "ours_dynamic"]
+    assert [r.get("records") for r in dynamic] == [10, 0, None] and dynamic[2]["ttft_ms"] > 0
     assert {r["case"] for r in rows} >= {"hf_eager", "hf_static"}        # the other paths still ran
 
 
 def test_replay_mixes_stage1_blocks_into_stage2_training_only(tmp_path):
     import numpy as np
 
-    sys.path.insert(0, str(ROOT / "bench"))
-    from gpu_suite import replay_cache
+    from bench.gpu_suite import replay_cache
 
     seq = 8
     for stage, n, base in (("stage1", 10 * seq + 3, 1000), ("stage2", 4 * seq + 5, 5000)):
@@ -232,25 +245,3 @@ def test_replay_mixes_stage1_blocks_into_stage2_training_only(tmp_path):
     assert (out / "stage2" / "val.bin").read_bytes() == (tmp_path / "tokens/stage2/val.bin").read_bytes()
     meta = json.loads((out / "stage2" / "meta.json").read_text())
     assert meta["tokens"] == len(train) and "16 stage-1 tokens" in meta["replay"]
-
-
-def test_chunked_top_p_keeps_what_transformers_keeps():
-    """The batch-16 decoder's top-p (two short scans instead of one long one) against
-    transformers' own TopPLogitsWarper on the same logits."""
-    import torch
-    from transformers.generation.logits_process import TopPLogitsWarper
-
-    sys.path.insert(0, str(ROOT / "bench"))
-    from serve_gpu import ChunkedTopP, chunked_cumsum
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(3, 1000, generator=g, dtype=torch.float64)
-    assert torch.allclose(chunked_cumsum(x), x.cumsum(-1))                  # 1000 is not a multiple of 128
-    logits = torch.randn(16, 32000, generator=g) * 4
-    for p in (0.5, 0.9, 0.99):
-        ours, theirs = ChunkedTopP(p)(None, logits), TopPLogitsWarper(p)(None, logits)
-        kept_ours, kept_theirs = torch.isfinite(ours), torch.isfinite(theirs)
-        # float32 sums in another order may move a boundary token: at most one per row
-        assert ((kept_ours != kept_theirs).sum(-1) <= 1).all()
-        assert (kept_ours == kept_theirs).float().mean() > 0.9999
-        assert torch.equal(ours[kept_ours & kept_theirs], logits[kept_ours & kept_theirs])

@@ -7,7 +7,7 @@ import torch
 
 import nucleus
 from nucleus import loading
-from nucleus.loading import ModelCatalog, ModelLoadError, load, resolve_model
+from nucleus import ModelCatalog, ModelLoadError, load, resolve_model
 
 
 def copy_of(src, dst):

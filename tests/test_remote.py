@@ -7,14 +7,13 @@ import sys
 import threading
 import time
 import urllib.request
-from contextlib import contextmanager
 
 import pytest
 from gradio_client import Client
 
 import nucleus
 from nucleus.loading import BUNDLED_MODEL
-from nucleus.remote import RemoteError, RemoteModel, connect, request_body, stream_remote
+from nucleus.remote import RemoteModel, connect, request_body
 from nucleus.settings import SamplingSettings, SettingsError
 from serve import free_port, running_app
 
@@ -78,22 +77,22 @@ def test_greedy_and_seeded_text_equal_the_local_backend(engine, bf16_nano):
     for s in (SamplingSettings(temperature=0, max_new_tokens=24),
               SamplingSettings(temperature=0.8, top_p=0.9, top_k=40, repetition_penalty=1.3, max_new_tokens=24,
                                seed=5)):
-        *_, remote = stream_remote(rm, PROMPT, s)
+        *_, remote = rm.stream(PROMPT, s)
         local = nucleus.generate(bf16_nano, PROMPT, s)
         assert after_join(local.text, remote.text) and remote.tokens == 24, (local.text, remote.text)
-        *_, again = stream_remote(rm, PROMPT, s)                  # reproducible through the backend
+        *_, again = rm.stream(PROMPT, s)                  # reproducible through the backend
         assert again.text == remote.text
 
 
 def test_stop_strings_and_stop_mid_stream(engine):
     rm = connect(engine.url)
     base = SamplingSettings(temperature=0, max_new_tokens=40)
-    *_, full = stream_remote(rm, PROMPT, base)
+    *_, full = rm.stream(PROMPT, base)
     stop = full.text[12:16]
-    *_, cut = stream_remote(rm, PROMPT, base.replace(stop=[stop]))
+    *_, cut = rm.stream(PROMPT, base.replace(stop=[stop]))
     assert cut.text == full.text[:full.text.index(stop)] and cut.finish_reason == "stop"
     cancel = threading.Event()
-    updates = stream_remote(rm, PROMPT, SamplingSettings(max_new_tokens=2000, seed=1), cancel)
+    updates = rm.stream(PROMPT, SamplingSettings(max_new_tokens=2000, seed=1), cancel)
     for i, u in enumerate(updates):
         if i == 3:
             cancel.set()

@@ -35,8 +35,26 @@ def test_the_transformers_snippet_repeats_the_run(tiny_dir, tiny_lm, tmp_path):
     code = snippets(prompt, settings, str(tiny_dir), tiny_dir.name, "http://127.0.0.1:7860/")
     script = tmp_path / "repeat.py"
     script.write_text(code["python"])
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    # a folder outside the repository is named by its name only (never the server's path): run it there
+    assert str(tiny_dir) not in code["python"] and f"model_id = {tiny_dir.name!r}" in code["python"]
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                         cwd=tiny_dir.parent, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout == prompt + page.text + "\n"
     assert "--seed 99" in code["cli"] and "api_name=\"/generate\"" in code["gradio_client"]
     assert "/gradio_api/call/generate" in code["curl"]
+
+
+def test_snippets_name_the_model_as_a_visitor_can_use_it_and_the_weights_as_they_were():
+    from nucleus.loading import BUNDLED_MODEL
+
+    s = SamplingSettings(seed=1)
+    repo = snippets("x", s, str(BUNDLED_MODEL), "nucleus-nano", "http://h/")
+    assert "model_id = 'models/nucleus-nano'" in repo["python"] and "--model models/nucleus-nano" in repo["cli"]
+    hub = snippets("x", s, "NucleusOrg/Nucleus-1B-alpha-1", "Nucleus-1B-alpha-1", "http://h/")
+    assert "model_id = 'NucleusOrg/Nucleus-1B-alpha-1'" in hub["python"]
+    notes = {w: snippets("x", s, "a/b", "b", "http://h/", weights=w)["python"].splitlines()[0] for w in
+             ("none", "int8", "int4", "engine")}
+    assert notes["none"] == "import torch"                       # no note: the same weights
+    assert "int8 weights" in notes["int8"] and "int4 weights" in notes["int4"] and "int8" not in notes["int4"]
+    assert "inference engine" in notes["engine"] and "int8" not in notes["engine"]

@@ -88,3 +88,32 @@ def test_stop_text_box_round_trip():
     stops = ["\nQuestion:", "\n\n", "a\\b", "tab\there"]
     assert parse_stop_text(format_stop_text(stops)) == stops
     assert parse_stop_text("") == [] and parse_stop_text(None) == []
+
+
+def test_the_chain_is_transformers_order_and_greedy_keeps_the_penalties():
+    s = SamplingSettings(temperature=0.8, top_k=40, top_p=0.9, min_p=0.05, repetition_penalty=1.5,
+                         no_repeat_ngram_size=3)
+    assert [name for name, _ in s.chain()] == ["penalties", "penalties", "temperature", "top-k", "top-p", "min-p"]
+    assert [type(p).__name__ for _, p in s.chain()][:2] == ["RepetitionPenaltyLogitsProcessor",
+                                                            "NoRepeatNGramLogitsProcessor"]
+    greedy = s.replace(temperature=0)
+    assert [name for name, _ in greedy.chain()] == ["penalties", "penalties"]
+    assert SamplingSettings(temperature=1.0, top_p=1.0, repetition_penalty=1.0).chain() == []
+    # the help text no longer promises "the most likely token" when penalties apply
+    assert "after the repetition penalty" in BOUNDS["temperature"][4]
+
+
+def test_one_seed_rule_for_the_seed_box_and_share_links():
+    from nucleus.reproduce import read_query
+    from nucleus.settings import parse_seed
+
+    assert parse_seed("") is None and parse_seed("  ") is None and parse_seed(None) is None
+    assert parse_seed(" 42 ") == 42 and parse_seed(7) == 7
+    for bad in ("1e3", "4.0", "-3", "٣", "0x10"):
+        with pytest.raises(SettingsError, match="seed: expected a whole number from 0 to 4294967295 written in digits"):
+            parse_seed(bad)
+        got = read_query(f"?seed={bad}", set(), set(), 100)
+        assert "seed" not in got.values and "written in digits" in got.ignored[0]
+    with pytest.raises(SettingsError, match="seed"):
+        parse_seed(str(2**32))
+    assert read_query("?seed=1000", set(), set(), 100).values["seed"] == 1000

@@ -6,7 +6,7 @@ import torch
 import nucleus
 from nucleus.settings import SamplingSettings
 from nucleus.tokenizer import encode_prompt
-from nucleus.tokenview import openai_logprobs
+from nucleus.tokenview import piece_text
 
 PROMPT = "### Lesson: Bread\n### Introduction\n"
 
@@ -69,9 +69,74 @@ def test_final_distribution_sums_to_one_and_penalty_shows(tiny_lm):
     assert changed and all(c.penalized != c.raw for c in changed)
 
 
-def test_openai_logprobs_shape(tiny_lm):
-    out = nucleus.generate(tiny_lm, PROMPT, SamplingSettings(max_new_tokens=5, seed=3), record=10)
-    lp = openai_logprobs(out.records, 3)
-    assert lp["tokens"] == [r.text for r in out.records] and len(lp["token_logprobs"]) == 5
-    assert all(len(t) <= 3 for t in lp["top_logprobs"]) and lp["text_offset"][0] == 0
-    assert all(v <= 0 for v in lp["token_logprobs"])
+def processed_by_hand(logits, seen, penalty, temperature, top_p):
+    """The distribution a token is drawn from, computed here without transformers' classes:
+    repetition penalty (divide a positive logit, multiply a negative one), temperature, top-p."""
+    x = logits.clone()
+    idx = torch.tensor(sorted(set(seen)))
+    x[idx] = torch.where(x[idx] > 0, x[idx] / penalty, x[idx] * penalty)
+    x = x / temperature
+    p = torch.softmax(x, -1)
+    ranked = p.sort(descending=True)
+    keep = ranked.indices[:int((ranked.values.cumsum(0) < top_p).sum()) + 1]
+    mask = torch.full_like(x, float("-inf"))
+    mask[keep] = 0
+    return torch.log_softmax(x + mask, -1)
+
+
+def test_api_logprobs_are_the_models_values_sorted_with_the_chosen_token(tiny_lm):
+    s = SamplingSettings(temperature=0.9, top_p=0.8, repetition_penalty=1.5, max_new_tokens=12, seed=3)
+    ids0 = encode_prompt(tiny_lm.tokenizer, PROMPT)
+    for mode in ("raw", "processed"):
+        out = nucleus.generate(tiny_lm, PROMPT, s, logprobs=5, logprobs_mode=mode)
+        lp = out.logprobs
+        assert len(lp["tokens"]) == 12 and "".join(lp["tokens"]) == out.text and not out.records
+        for i, (tid, chosen, top, off) in enumerate(zip(lp["token_ids"], lp["token_logprobs"], lp["top_logprobs"],
+                                                        lp["text_offset"])):
+            with torch.no_grad():
+                logits = tiny_lm.model(torch.tensor([ids0 + lp["token_ids"][:i]])).logits[0, -1].double()
+            ref = torch.log_softmax(logits, -1) if mode == "raw" else \
+                processed_by_hand(logits, ids0 + lp["token_ids"][:i], 1.5, 0.9, 0.8)
+            assert math.isclose(chosen, float(ref[tid]), abs_tol=2e-4)
+            values = list(top.values())
+            assert values == sorted(values, reverse=True)                       # most likely first
+            piece = piece_text(tiny_lm.tokenizer.convert_ids_to_tokens(tid))
+            assert piece in top and math.isclose(top[piece], chosen, abs_tol=1e-9)   # the chosen token is there
+            best = ref.topk(5).indices.tolist()
+            for j in best:                                                      # the five best, as the model says
+                key = piece_text(tiny_lm.tokenizer.convert_ids_to_tokens(j))
+                assert math.isclose(top[key], float(ref[j]), abs_tol=2e-4)
+            assert 5 <= len(top) <= 6
+            # OpenAI's text_offset: from the start of prompt + completion
+            assert off == len(PROMPT) + sum(len(t) for t in lp["tokens"][:i])
+            assert (PROMPT + out.text)[off:].startswith(lp["tokens"][i])
+
+
+def test_processed_greedy_picks_the_top_of_its_alternatives_even_with_a_penalty(tiny_lm):
+    out = nucleus.generate(tiny_lm, PROMPT, SamplingSettings(temperature=0, repetition_penalty=1.5, max_new_tokens=20),
+                           logprobs=3, logprobs_mode="processed")
+    lp = out.logprobs
+    for tid, chosen, top in zip(lp["token_ids"], lp["token_logprobs"], lp["top_logprobs"]):
+        first_piece, first_value = next(iter(top.items()))
+        assert first_piece == piece_text(tiny_lm.tokenizer.convert_ids_to_tokens(tid)) and first_value == chosen
+    raw = nucleus.generate(tiny_lm, PROMPT, SamplingSettings(temperature=0, repetition_penalty=1.5,
+                                                             max_new_tokens=20), logprobs=3).logprobs
+    # the raw distribution can rank another token first: the penalty moved it
+    assert raw["token_ids"] == lp["token_ids"]
+
+
+def test_byte_fallback_tokens_keep_their_pieces_and_the_text_joins(tmp_path):
+    """A model steered to write "I like 龘." (龘 is three byte-fallback tokens): each byte token adds
+    its text when the character is whole, and its alternatives name it by its <0x..> piece."""
+    from conftest import write_parrot_checkpoint
+
+    lm = nucleus.load(write_parrot_checkpoint(tmp_path / "parrot", "Pets:", "I like 龘."), device="cpu")
+    out = nucleus.generate(lm, "Pets:", SamplingSettings(temperature=0, repetition_penalty=1.0, max_new_tokens=10),
+                           logprobs=2, record=5)
+    lp = out.logprobs
+    assert out.text == " I like 龘." and "".join(lp["tokens"]) == out.text
+    pieces = lm.tokenizer.convert_ids_to_tokens(lp["token_ids"])
+    assert pieces[3:6] == ["<0xE9>", "<0xBE>", "<0x98>"] and lp["tokens"][3:6] == ["", "", "龘"]
+    for piece, top in zip(pieces, lp["top_logprobs"]):
+        assert piece_text(piece) in top
+    assert [r.token_id for r in out.records] == lp["token_ids"]

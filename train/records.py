@@ -10,8 +10,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from nucleus.generation import generate
-from nucleus.loading import LoadedModel
+from nucleus.backend import generate
+from nucleus.local import LoadedModel
 from nucleus.presets import load_presets
 
 from train import checkpoint

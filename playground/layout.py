@@ -1,0 +1,137 @@
+"""The page's widgets, by where they sit: the Write tab, the Compare tab, the Share & code tab and the
+side panel of settings. `build` makes them inside the open gr.Blocks and returns them by name;
+playground/__init__.py wires them to the handlers. The elem_ids are what the browser tests use."""
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+import gradio as gr
+
+from nucleus.settings import BOUNDS, MAX_SEED, MAX_STOP_STRINGS, format_stop_text
+
+from . import handlers, views
+from .session import Space
+
+CSS = "#output textarea { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; }"
+
+
+def slider(space: Space, name: str, label: str, step: float, value, hi=None) -> gr.Slider:
+    """A setting's slider, its range the validated one (BOUNDS). No per-slider reset button: it would
+    restore the page-load value, not the preset's ("↺ Preset settings" restores them all)."""
+    kind, lo, top, lo_incl, help_ = BOUNDS[name]
+    low, high = (lo if lo_incl else lo + step), (top if hi is None else hi)
+    space.slider_range.setdefault(name, (low, high))
+    return gr.Slider(low, high, value=value, step=step, label=label, info=help_, precision=0 if kind is int else None,
+                     buttons=[])
+
+
+def build(space: Space) -> SimpleNamespace:
+    ui = SimpleNamespace()
+    first = space.presets.get("recipe") or next(iter(space.presets.values()))
+    gr.Markdown(f"# {views.TITLE}\n{views.INTRO}")
+    ui.notice = gr.Markdown(handlers.notice(space, space.initial_label), elem_id="notice")
+    ui.link_note = gr.Markdown("", elem_id="link-note")
+    if os.environ.get("SPACE_ID"):
+        gr.DuplicateButton(value="Duplicate this Space to run it privately")
+    ui.clock = gr.Number(visible=False)   # carries the browser's click time (js=NOW) to arm and stop
+    ui.history = gr.State([])        # Undo: earlier (prompt, text) of this visitor, newest last
+    ui.last_run = gr.State(None)     # the last finished run: prompt, text, settings, seed, model, records
+    ui.token_map = gr.State([])      # token view entry -> record index
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Tabs():
+                with gr.Tab("Write", id="write"):
+                    _write_tab(ui, space, first)
+                with gr.Tab("Compare", id="compare"):
+                    _compare_tab(ui, space)
+                with gr.Tab("Share & code", id="share"):
+                    _share_tab(ui)
+        with gr.Column(scale=2):
+            _side_panel(ui, space, first)
+    ui.settings_inputs = [ui.temperature, ui.top_p, ui.top_k, ui.min_p, ui.rep, ui.ngram, ui.max_new, ui.stop_text,
+                          ui.seed]
+    return ui
+
+
+def _write_tab(ui, space: Space, first) -> None:
+    with gr.Row():
+        ui.preset = gr.Dropdown([(p.title, p.name) for p in space.presets.values()], value=first.name,
+                                label="Preset", elem_id="preset", scale=3)
+        ui.preset_reset = gr.Button("↺ Preset settings", size="sm", elem_id="preset-reset", scale=1)
+    ui.preset_info = gr.Markdown(first.description)
+    ui.prompt = gr.Textbox(first.prompt, lines=5, max_lines=20, label="Prompt", elem_id="prompt")
+    ui.meter = gr.Markdown("", elem_id="meter")
+    with gr.Row():   # min_width: three to a line on a phone, so the status stays in view
+        ui.run_btn = gr.Button("Generate", variant="primary", elem_id="generate", min_width=96)
+        ui.stop_btn = gr.Button("Stop", variant="stop", elem_id="stop", min_width=96)
+        ui.continue_btn = gr.Button("Continue", elem_id="continue", min_width=96)
+        ui.regen_btn = gr.Button("Regenerate", elem_id="regenerate", min_width=96)
+        ui.undo_btn = gr.Button("Undo", elem_id="undo", min_width=96)
+        ui.clear_btn = gr.Button("Clear", elem_id="clear", min_width=96)
+    ui.status = gr.Markdown("", elem_id="status")
+    ui.view = gr.Radio(list(views.VIEWS), value=views.VIEWS[0], label="Show the result as", elem_id="view")
+    ui.tokens = gr.HighlightedText([], label="Prompt + continuation (colour: the model's probability for each "
+                                   "token; select one to inspect it)", color_map=views.BUCKET_COLORS,
+                                   show_legend=True, combine_adjacent=False, elem_id="tokens", interactive=False)
+    ui.output = gr.Textbox(lines=12, max_lines=40, label="Prompt + continuation", interactive=False,
+                           elem_id="output", buttons=["copy"], visible="hidden")
+    ui.rendered = gr.Markdown("", elem_id="rendered", visible="hidden")
+    with gr.Accordion("Token inspector", open=True, elem_id="inspector"):
+        ui.inspect_md = gr.Markdown("Run, then select a token above.", elem_id="inspect-summary")
+        ui.inspect_table = gr.Dataframe(headers=views.INSPECTOR_HEADERS, datatype=["str"] + ["number"] * 4 + ["str"],
+                                        interactive=False, elem_id="inspect-table")
+
+
+def _compare_tab(ui, space: Space) -> None:
+    gr.Markdown("The same prompt and seed under two settings or two models, one after the other. The other "
+                "settings are those of the side panel.")
+    labels = space.catalog.labels
+    with gr.Row():
+        with gr.Column():
+            ui.model_a = gr.Dropdown(labels, value=space.initial_label, label="Model A", elem_id="model-a")
+            ui.temp_a = slider(space, "temperature", "Temperature A", 0.05, 0.3)
+        with gr.Column():
+            ui.model_b = gr.Dropdown(labels, value=space.initial_label, label="Model B", elem_id="model-b")
+            ui.temp_b = slider(space, "temperature", "Temperature B", 0.05, 1.0)
+    ui.compare_btn = gr.Button("Compare", variant="primary", elem_id="compare-run")
+    ui.compare_status = gr.Markdown("", elem_id="compare-status")
+    with gr.Row():
+        ui.out_a = gr.Textbox(lines=12, label="A", interactive=False, elem_id="out-a")
+        ui.out_b = gr.Textbox(lines=12, label="B", interactive=False, elem_id="out-b")
+
+
+def _share_tab(ui) -> None:
+    ui.share_btn = gr.Button("Make a share link", elem_id="share-make")
+    ui.link_query = gr.Textbox(visible=False)
+    ui.share_link = gr.Textbox(label="Link: opens this prompt, preset, model, every setting and the seed",
+                               buttons=["copy"], interactive=False, elem_id="share-link")
+    ui.code_note = gr.Markdown("Code that repeats the last run (filled in after each run):")
+    ui.code_py = gr.Code("", language="python", label="Python with transformers", elem_id="code-python",
+                         interactive=False)
+    ui.code_client = gr.Code("", language="python", label="Python with gradio_client", elem_id="code-client",
+                             interactive=False)
+    ui.code_cli = gr.Code("", language="shell", label="Command line", elem_id="code-cli", interactive=False)
+    ui.code_curl = gr.Code("", language="shell", label="curl", elem_id="code-curl", interactive=False)
+
+
+def _side_panel(ui, space: Space, first) -> None:
+    ui.model = gr.Dropdown(space.catalog.labels, value=space.initial_label, label="Model", elem_id="model")
+    ui.info = gr.Markdown(handlers.model_info(space, space.initial_label), elem_id="model-info")
+    s = first.settings
+    ui.temperature = slider(space, "temperature", "Temperature", 0.05, s.temperature)
+    ui.top_p = slider(space, "top_p", "Top-p", 0.01, s.top_p)
+    ui.max_new = slider(space, "max_new_tokens", "Max new tokens", 1, s.max_new_tokens,
+                        hi=handlers.max_new_limit(space.catalog.get(space.initial_label)))
+    ui.rep = slider(space, "repetition_penalty", "Repetition penalty", 0.05, s.repetition_penalty)
+    with gr.Accordion("Advanced", open=False):
+        ui.top_k = slider(space, "top_k", "Top-k", 1, s.top_k)
+        ui.min_p = slider(space, "min_p", "Min-p", 0.01, s.min_p)
+        ui.ngram = slider(space, "no_repeat_ngram_size", "No-repeat n-gram size", 1, s.no_repeat_ngram_size)
+        ui.stop_text = gr.Textbox(format_stop_text(s.stop), lines=2, label="Stop strings",
+                                  info=f"one per line, at most {MAX_STOP_STRINGS}; type \\n for a newline")
+        with gr.Row():
+            # A Textbox, not a Number: a Number renders an empty value as 0 and sends 0 from then on.
+            ui.seed = gr.Textbox("", label="Seed", placeholder="random", max_lines=1, elem_id="seed",
+                                 info=f"0 to {MAX_SEED}, in digits; empty = a new random seed each run", scale=3)
+            ui.reuse_btn = gr.Button("↻ Reuse the last seed", size="sm", elem_id="reuse-seed", visible=False, scale=1)
