@@ -47,9 +47,10 @@ def weight_modules(model) -> list[tuple[str, torch.nn.Module]]:
     return out
 
 
-def floor_seconds(model) -> float:
-    """One pass over the weight modules, each on one decode step's input; a warm-up pass first so
-    that each module is timed in the cache state a real step leaves it in."""
+def floor_seconds(model, passes: int = 7) -> float:
+    """Passes over the weight modules, each module once per pass on one decode step's input, after a
+    warm-up pass (so that each is timed in the cache state a real step leaves it in); the median
+    pass (one pass alone varied by +-15% on a 2-core VM)."""
     mods = weight_modules(model)
     hidden, inter = model.config.hidden_size, model.config.intermediate_size
     inputs = []
@@ -59,15 +60,18 @@ def floor_seconds(model) -> float:
         else:
             width = inter if name.endswith("down_proj") else hidden
             inputs.append(torch.randn(1, 1, width).to(torch.bfloat16 if model.dtype != torch.float32 else model.dtype))
-    total = 0.0
+    totals = []
     with torch.inference_mode():
         for (_, mod), x in zip(mods, inputs):
             mod(x)
-        for (_, mod), x in zip(mods, inputs):
-            t = time.perf_counter()
-            mod(x)
-            total += time.perf_counter() - t
-    return total
+        for _ in range(passes):
+            total = 0.0
+            for (_, mod), x in zip(mods, inputs):
+                t = time.perf_counter()
+                mod(x)
+                total += time.perf_counter() - t
+            totals.append(total)
+    return statistics.median(totals)
 
 
 def ours_seconds(lm, settings, record: int) -> float:

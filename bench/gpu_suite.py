@@ -1,6 +1,6 @@
 """One GPU call that measures everything (issue 11): training A/B, GPU serving, a GPU-trained nano.
 
-    python bench/gpu_suite.py --prepare-carry                 # here, once: writes .carry/ (see README)
+    python bench/gpu_suite.py --prepare-carry                 # here, once: writes .carry/ (see docs/benchmarks.md)
     PYTHONUNBUFFERED=1 PYTHONPATH=.:.carry/site python3 bench/gpu_suite.py --out $OUT      # on the GPU machine
     python bench/gpu_suite.py --cpu-smoke --out /tmp/suite    # every part, a step or two, tiny shapes
 
@@ -66,7 +66,7 @@ PART_BYTES = 15 * 2**20                               # < 16 MiB per returned fi
 
 def tokenizer_dir() -> str:
     """Tokenizer files for scratch runs: the GPU image has no mistral-common to build them from.
-    .carry/tokenizer travels when models/ does not (see README, GPU suite)."""
+    .carry/tokenizer travels when models/ does not (see docs/benchmarks.md, GPU suite)."""
     return str(CARRY / "tokenizer" if (CARRY / "tokenizer" / "tokenizer.json").is_file() else NANO_TOKENIZER)
 
 
@@ -297,7 +297,7 @@ def nano_stage(s: Suite, stage: str, yaml: str, tokens: Path, work: Path, budget
 def replay_cache(tokens: Path, out: Path, seq_len: int, share: float) -> Path:
     """A stage-2 token cache whose training stream also holds stage-1 blocks (`share` of stage 2's
     tokens, every k-th block of stage 1's training split, kept in order): without them the first
-    GPU fine-tune (16 epochs of manuals) forgot stage 1's prose (README, GPU suite). The held-out
+    GPU fine-tune (16 epochs of manuals) forgot stage 1's prose (docs/benchmarks.md, GPU suite). The held-out
     split stays stage 2's, so the card's figure is unchanged in meaning."""
     s1 = np.fromfile(tokens / "stage1" / "train.bin", dtype=np.uint16)
     s2 = np.fromfile(tokens / "stage2" / "train.bin", dtype=np.uint16)

@@ -271,7 +271,7 @@ def runnable_paths(paths: list[str], llama_cpp_dir) -> list[str]:
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
-        print("llama-cpp-python is not installed: skipping the llama.cpp paths (README: CPU serving)",
+        print("llama-cpp-python is not installed: skipping the llama.cpp paths (docs/benchmarks.md: CPU serving)",
               file=sys.stderr)
         return [q for q in paths if q not in llama]
     if llama_cpp_dir is None and any(q.startswith("llama.cpp") for q in paths):

@@ -128,9 +128,10 @@ class CompiledForward(EagerForward):
         self.max_len = max_len
         self.cache = StaticCache(config=cfg, max_cache_len=max_len)
         self.lock = threading.Lock()
-        self.compiled = None
+        self.compiled, self.pool = None, None
         if mode:
             self.compiled = torch.compile(super().__call__, mode=mode, fullgraph=True, dynamic=False)
+        if mode == "reduce-overhead":         # CUDA graphs: one thread of their own (see above)
             self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nucleus-cuda-graphs")
 
     @contextlib.contextmanager
@@ -150,6 +151,8 @@ class CompiledForward(EagerForward):
     def __call__(self, cache, ids, positions):
         if self.compiled is None or cache is not self.cache or ids.shape[1] > 1:
             return super().__call__(cache, ids, positions)
+        if self.pool is None:
+            return self.compiled(cache, ids, positions)
         return self.pool.submit(self._graph_step, cache, ids, positions).result()
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from .int8 import QUANT_BLOCK_ELEMS, QuantLinear
 
 # int4 group size: input columns that share one scale and zero point. The kernel takes 32, 64, 128
-# or 256. Measured (README "CPU serving"): the kernel's speed barely depends on it (14336 x 4096 at
+# or 256. Measured (docs/benchmarks.md, "CPU serving"): the kernel's speed barely depends on it (14336 x 4096 at
 # batch 1: 0.82 ms at 32, 0.80 ms at 128), while on the nano the quality gate's top-1 agreement
 # was 97.5% at 32, 96.7% at 64 and 95.3% at 128. So 32, as llama.cpp's Q4_0.
 INT4_GROUP = 32

@@ -26,6 +26,10 @@ from .zerogpu import gpu_lease, lease_seconds
 # return value replaces the event's input).
 NOW = "() => Date.now()"
 PRIVATE = dict(api_visibility="private", queue=False)
+# The runs' and the meter's inputs are taken as the page sends them (preprocess=False), so that a
+# value typed past a slider's range reaches our own validation, which names it, instead of a bare
+# "Error" from the slider's own check (and a traceback on the console).
+RAW = dict(preprocess=False)
 
 
 def partial(fn, space: Space):
@@ -72,8 +76,10 @@ def _wire_settings(demo, ui, space: Space) -> None:
     ui.preset_reset.click(partial(handlers.preset_settings, space), ui.preset, ui.settings_inputs[:-1], **PRIVATE)
     meter = partial(handlers.measure, space)
     for trigger in (ui.prompt.change, ui.max_new.change, ui.model.change):
-        trigger(meter, [ui.model, ui.prompt, ui.max_new], ui.meter, trigger_mode="always_last", **PRIVATE)
-    demo.load(meter, [ui.model, ui.prompt, ui.max_new], ui.meter, **PRIVATE)
+        trigger(meter, [ui.model, ui.prompt, ui.max_new], ui.meter, trigger_mode="always_last", **PRIVATE, **RAW)
+    demo.load(meter, [ui.model, ui.prompt, ui.max_new], ui.meter, **PRIVATE, **RAW)
+    for name, widget in ui.sliders.items():
+        widget.input(functools.partial(_range_note, space, name), [ui.model, widget], ui.range_note, **PRIVATE, **RAW)
     ui.model.change(partial(handlers.switch_model, space), [ui.model, ui.max_new], [ui.info, ui.max_new, ui.notice],
                     api_visibility="private", concurrency_id="generate")
 
@@ -88,11 +94,11 @@ def _wire_runs(ui, space: Space) -> None:
     for button, fn in ((ui.run_btn, handlers.run), (ui.regen_btn, handlers.regenerate)):
         button.click(arm, ui.clock, ui.status, js=NOW, **PRIVATE).then(
             handlers.snapshot, [ui.prompt, ui.output, ui.history], ui.history, **PRIVATE).then(
-            gpu_lease(partial(fn, space), lease), run_inputs, run_outputs, **_queued(space)).then(
+            gpu_lease(partial(fn, space), lease), run_inputs, run_outputs, **_queued(space), **RAW).then(
             handlers.after_run, ui.last_run, after_outputs, **PRIVATE)
     ui.continue_btn.click(arm, ui.clock, ui.status, js=NOW, **PRIVATE).then(
         handlers.prepare_continue, [ui.prompt, ui.last_run, ui.history], [ui.prompt, ui.history], **PRIVATE).then(
-        gpu_lease(partial(handlers.run, space), lease), run_inputs, run_outputs, **_queued(space)).then(
+        gpu_lease(partial(handlers.run, space), lease), run_inputs, run_outputs, **_queued(space), **RAW).then(
         handlers.after_run, ui.last_run, after_outputs, **PRIVATE)
     ui.stop_btn.click(partial(handlers.stop, space), ui.clock, None, js=NOW, **PRIVATE)
     ui.undo_btn.click(handlers.undo, ui.history, [ui.prompt, ui.output, ui.tokens, ui.status, ui.history, ui.last_run],
@@ -100,6 +106,10 @@ def _wire_runs(ui, space: Space) -> None:
     ui.clear_btn.click(handlers.clear, [ui.prompt, ui.output, ui.history],
                        [ui.prompt, ui.output, ui.tokens, ui.status, ui.history, ui.last_run], **PRIVATE)
     ui.reuse_btn.click(handlers.reuse_seed, ui.last_run, ui.seed, **PRIVATE)
+
+
+def _range_note(space: Space, name: str, label, value) -> str:
+    return handlers.range_note(space, name, label, value)
 
 
 def _lease(space: Space, fn, *args, **kwargs) -> int:
@@ -116,7 +126,7 @@ def _wire_compare(ui, space: Space) -> None:
     ui.compare_btn.click(partial(handlers.arm, space), ui.clock, ui.compare_status, js=NOW, **PRIVATE).then(
         gpu_lease(partial(handlers.compare, space), lambda *a, **k: 2 * space.max_seconds),
         [ui.model_a, ui.temp_a, ui.model_b, ui.temp_b, ui.prompt] + ui.settings_inputs,
-        [ui.out_a, ui.out_b, ui.compare_status], **_queued(space))
+        [ui.out_a, ui.out_b, ui.compare_status], **_queued(space), **RAW)
 
 
 def _wire_links(demo, ui, space: Space) -> None:

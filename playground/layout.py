@@ -51,6 +51,8 @@ def build(space: Space) -> SimpleNamespace:
             _side_panel(ui, space, first)
     ui.settings_inputs = [ui.temperature, ui.top_p, ui.top_k, ui.min_p, ui.rep, ui.ngram, ui.max_new, ui.stop_text,
                           ui.seed]
+    ui.sliders = dict(zip(("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "no_repeat_ngram_size",
+                           "max_new_tokens"), ui.settings_inputs[:7]))
     return ui
 
 
@@ -118,6 +120,7 @@ def _share_tab(ui) -> None:
 def _side_panel(ui, space: Space, first) -> None:
     ui.model = gr.Dropdown(space.catalog.labels, value=space.initial_label, label="Model", elem_id="model")
     ui.info = gr.Markdown(handlers.model_info(space, space.initial_label), elem_id="model-info")
+    ui.range_note = gr.Markdown("", elem_id="range-note")
     s = first.settings
     ui.temperature = slider(space, "temperature", "Temperature", 0.05, s.temperature)
     ui.top_p = slider(space, "top_p", "Top-p", 0.01, s.top_p)

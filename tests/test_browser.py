@@ -124,3 +124,18 @@ def test_the_page_joins_prompt_and_continuation_like_the_decoded_sequence(site, 
         full = ref.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=12,
                             pad_token_id=2)
     assert text == tok.decode(full[0], skip_special_tokens=True)
+
+
+def test_a_generate_behind_your_own_compare_says_why_it_waits(site):
+    page = open_page(site)
+    set_max_new(page, 4000)                                                # far longer than this test
+    page.get_by_role("tab", name="Compare").click()
+    page.click("#compare-run")
+    expect(page.locator("#compare-status")).to_contain_text("generating", timeout=WAIT)   # column A runs
+    page.get_by_role("tab", name="Write").click()
+    page.click("#generate")
+    expect(page.locator("#status")).to_contain_text("Waiting: your own 1 run (a Compare", timeout=WAIT)
+    stop_now(page)                                                         # stops both: the visitor's runs
+    expect(page.locator("#status")).to_contain_text("Stopped before it started", timeout=WAIT)
+    page.get_by_role("tab", name="Compare").click()
+    expect(page.locator("#compare-status")).to_contain_text("stopped", timeout=WAIT)

@@ -200,3 +200,24 @@ def test_a_refused_value_leaves_the_last_result_in_place(site):
     expect(page.locator("#status")).to_contain_text("seed: expected a whole number", timeout=WAIT)
     assert output_text(page) == text
     expect(page.locator("#tokens .token.highlighted").first).to_be_visible()     # the token view is still there
+
+
+def test_a_value_typed_past_a_sliders_range_is_named_with_the_value_used(site):
+    page = open_page(site)
+    note = page.locator("#range-note")
+    box = page.locator("input[aria-label='number input for Temperature']")
+    box.fill("5")
+    box.press("Tab")
+    expect(note).to_contain_text("Temperature 5 is outside this page's range (0 to 2): 2 is used.", timeout=WAIT)
+    expect(box).to_have_value("2")
+    box = page.locator("input[aria-label='number input for Max new tokens']")
+    box.fill("100000")
+    box.press("Tab")
+    expect(note).to_contain_text("Max new tokens 100000 is outside this page's range (1 to 511): 511 is used",
+                                 timeout=WAIT)
+    box.fill("20")
+    box.press("Tab")
+    expect(note).not_to_contain_text("outside", timeout=WAIT)          # a value in range clears the note
+    run_to_end(page, 20)                                              # the page still runs
+    port = site[1].rstrip("/").rsplit(":", 1)[1]
+    assert "Traceback" not in (ARTIFACTS / f"app-{port}.log").read_text()   # no bare "Error" from the slider

@@ -131,7 +131,7 @@ def test_the_page_shows_engine_tokens_and_their_alternatives(served):
 
 
 def test_prompts_are_fitted_to_the_engines_context_as_locally():
-    """The README's context rules hold with a backend: max new tokens lowered with a note, an
+    """The context rules (docs/playground.md) hold with a backend: max new tokens lowered with a note, an
     over-long prompt cut oldest first (the engine gets only the part the model sees)."""
     import nucleus
     from nucleus.tokenizer import encode_prompt, load_tokenizer

@@ -164,7 +164,7 @@ def test_shipped_configs_load(name):
     from conftest import ROOT
     cfg = TrainConfig.load(ROOT / "train" / "configs" / f"{name}.yaml")
     assert cfg.seq_len >= 1024 and cfg.tokens_per_step == 131072 and cfg.tokens_per_step % (cfg.micro_batch * cfg.seq_len) == 0
-    # the levers the H200 run kept (README, "3090 profile"): 21.39 GiB peak, under the 22 GiB goal
+    # the levers the H200 run kept (docs/training.md, "The 3090 profile"): 21.39 GiB peak, under the 22 GiB goal
     assert cfg.compile and cfg.liger and not cfg.activation_checkpointing and cfg.micro_batch == 2
     assert math.isclose(cfg.lr, 3e-4 if "pretrain" in name else 1e-4)
 

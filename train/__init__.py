@@ -1,1 +1,1 @@
-"""The Nucleus training kit: pretrain.py and finetune.py over one engine (see README)."""
+"""The Nucleus training kit: pretrain.py and finetune.py over one engine (see docs/training.md)."""

@@ -56,7 +56,7 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     acc = Accelerator(mixed_precision=_mixed_precision(cfg), kwargs_handlers=[ddp], cpu=cpu)
     if acc.distributed_type == DistributedType.FSDP:
         raise ConfigError("FSDP is not supported: checkpoints, samples and the export assume whole weights on "
-                          "every process; use DDP (train/configs/multi-gpu-ddp.yaml), see README")
+                          "every process; use DDP (train/configs/multi-gpu-ddp.yaml), see docs/training.md")
     if acc.num_processes != int(os.environ.get("WORLD_SIZE", acc.num_processes)):
         raise ConfigError(f"launched {os.environ['WORLD_SIZE']} processes but accelerate sees {acc.num_processes}; "
                           "launch with `accelerate launch --multi_gpu --num_processes N` (on CPU too)")
