@@ -145,3 +145,21 @@ def test_api_logprobs_in_openai_shape(app_url):
     assert client.predict("hi", max_new_tokens=2, api_name="/generate")["logprobs"] is None
     with pytest.raises(Exception, match="logprobs: expected a whole number from 0 to 20"):
         client.predict("hi", logprobs=21, api_name="/generate")
+
+
+def test_a_seeded_run_gives_one_text_on_the_api_the_cli_and_the_library(app_url, tiny_dir, tiny_lm):
+    import os
+
+    import nucleus
+    from conftest import ROOT
+    from nucleus.settings import SamplingSettings
+
+    prompt = "### Recipe: Soup\n"
+    kw = dict(temperature=0.9, top_p=0.9, top_k=30, min_p=0.0, repetition_penalty=1.4, no_repeat_ngram_size=0,
+              max_new_tokens=20, seed=77)
+    api = Client(app_url, verbose=False).predict(prompt, **kw, api_name="/generate")["text"]
+    flags = [x for k, v in kw.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    cli = subprocess.run([sys.executable, "-m", "nucleus", "generate", "--model", str(tiny_dir), "--prompt", prompt,
+                          *flags], cwd=ROOT, capture_output=True, text=True, timeout=120, env=os.environ)
+    library = nucleus.generate(tiny_lm, prompt, SamplingSettings(**kw)).text
+    assert cli.returncode == 0 and cli.stdout == prompt + api and api == library and len(api) > 20

@@ -177,6 +177,13 @@ def test_the_printed_transformers_code_gives_the_pages_text(site, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.rstrip("\n") == text.rstrip("\n")
     page.screenshot(path=str(ARTIFACTS / "view-code.png"), full_page=True)
+    # the same seeded run through the API gives the page's text
+    from gradio_client import Client
+
+    api = Client(site[1], verbose=False).predict("### Lesson: Clouds\n", temperature=0.7, top_p=0.8, top_k=0,
+                                                 min_p=0.0, repetition_penalty=1.5, max_new_tokens=16, seed=21,
+                                                 api_name="/generate")
+    assert "### Lesson: Clouds\n" + api["text"] == text
 
 
 def test_a_link_to_a_preset_applies_it_and_out_of_range_values_are_named(site):

@@ -42,6 +42,12 @@ def test_bad_values_name_the_field(tiny_dir):
 def test_info(tiny_dir):
     out = cli("info", "--model", str(tiny_dir))
     assert out.returncode == 0 and "parameters" in out.stdout and "device:  cpu" in out.stdout
+    assert "weights: float32 (not quantised)" in out.stdout                 # not "weights: none"
+
+
+def test_one_token_is_one_token(tiny_dir):
+    out = cli("generate", "--model", str(tiny_dir), "--prompt", "hi", "--max-new-tokens", "1", "--seed", "1")
+    assert out.returncode == 0 and "| 1 token |" in out.stderr
 
 
 def test_info_honours_nucleus_quantize_and_reads_no_weights(tiny_dir, tmp_path):

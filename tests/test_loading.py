@@ -199,3 +199,20 @@ def test_devices_files_and_listed_models_fail_in_one_sentence(tmp_path, tiny_dir
 def test_byte_pieces_read_as_their_characters():
     from nucleus.tokenview import piece_text
     assert piece_text("<0x0A>") == "\n" and piece_text("▁the") == " the" and piece_text("<0xE4>") == "<0xE4>"
+
+
+def test_bundled_models_and_run_folders_are_named_so_they_can_be_told_apart(monkeypatch, tiny_dir, tmp_path):
+    import shutil
+
+    from nucleus.local import model_label
+
+    assert model_label("runs/pretrain/final") == "pretrain/final" and model_label("runs/x/step-200") == "x/step-200"
+    assert model_label("models/nucleus-nano") == "nucleus-nano" and model_label("NucleusOrg/Nucleus-1B-alpha-1") \
+        == "Nucleus-1B-alpha-1"
+    for run in ("pretrain", "finetune"):
+        shutil.copytree(tiny_dir, tmp_path / run / "final")
+    monkeypatch.setenv("NUCLEUS_MODELS", str(tmp_path / "finetune" / "final"))
+    cat = ModelCatalog(str(tmp_path / "pretrain" / "final"), device="cpu", probe_hub=False)
+    # the run's folder names it; the bundled models are offered without any variable
+    assert cat.labels == ["pretrain/final", "nucleus-nano", "nucleus-nano-stage1", "finetune/final"]
+    assert cat.get("finetune/final").name == "finetune/final"
