@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import functools
 import mmap
 import threading
 from pathlib import Path
@@ -38,6 +39,17 @@ QUANT_BLOCK_ELEMS = 4 * 2**20    # weights quantised at once: two fp32 blocks of
 # 2.57 s with 4 MB blocks computed as y.T; per layer, small blocks lose most on down_proj, whose
 # 14336-wide rows make 4 MB only 146 rows: a poor matmul shape.
 PREFILL_BLOCK_BYTES = 16 * 2**20
+
+
+@functools.cache
+def dense_dtype() -> torch.dtype:
+    """The dtype of prefill's dense matmuls. On a CPU without native bf16 (AVX2 only: no AVX-512
+    BF16 or AMX, as oneDNN reports), PyTorch's bf16 matmul is emulated and, for the layout prefill
+    hands it, pathologically slow: on a 2-core AMD EPYC (AVX2) one 128-row block of a 14336 x 4096
+    layer took 1.97 s in bf16 against 0.028 s converted to fp32 (0.11 s in bf16 in nn.Linear's own
+    layout), and a 128-token prompt took 671 s to its first token on the 1.13B in int4. So such a
+    CPU multiplies in fp32 (the bf16 values are exact in fp32)."""
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
 
 
 # ---- the prefill scratch buffer -----------------------------------------------------------------
@@ -152,13 +164,15 @@ class QuantLinear(nn.Module):
         return y.reshape(*shape[:-1], self.out_features).to(x.dtype)
 
     def _dense(self, x2: torch.Tensor) -> torch.Tensor:
-        """x2 @ W.T, de-quantising a block of weight rows at a time into SCRATCH."""
+        """x2 @ W.T, de-quantising a block of weight rows at a time into SCRATCH; the matmul in
+        dense_dtype() (bf16 where the CPU multiplies bf16 natively, else fp32)."""
         y = torch.empty(x2.shape[0], self.out_features, dtype=torch.bfloat16)     # (rows, out)
         step = max(self.row_multiple, SCRATCH.block_rows(self.in_features) // self.row_multiple * self.row_multiple)
+        xd = x2.to(dense_dtype())
         with SCRATCH.lock:
             for i in range(0, self.out_features, step):
                 n = min(step, self.out_features - i)
-                y[:, i:i + n] = x2 @ self._block_t(i, n, SCRATCH.view(n, self.in_features).view(-1))
+                y[:, i:i + n] = xd @ self._block_t(i, n, SCRATCH.view(n, self.in_features).view(-1)).to(xd.dtype)
         return self._dense_done(y)
 
     def _dense_done(self, y: torch.Tensor) -> torch.Tensor:
