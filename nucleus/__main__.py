@@ -15,7 +15,7 @@ import json
 import sys
 
 from .options import LOGPROBS_MODES, add_model_flags, check_environment
-from .settings import BOUNDS, MAX_STOP_STRINGS, SamplingSettings, SettingsError, allowed, unescape
+from .settings import BOUNDS, MAX_STOP_STRINGS, SamplingSettings, SettingsError, allowed, parse_seed, unescape
 
 
 def _number(name: str):
@@ -23,6 +23,11 @@ def _number(name: str):
     kind = BOUNDS[name][0]
 
     def parse(text: str):
+        if name == "seed":                       # the seed box's and share links' rule: digits only
+            try:
+                return parse_seed(text)
+            except SettingsError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
         try:
             value = float(text)
         except ValueError:
@@ -94,7 +99,7 @@ def _info(args) -> int:
     facts = inspect(source, args.device, args.dtype, args.quantize)
     size = f"{facts['parameters']:,} parameters" if facts["parameters"] else "not known (not a Mistral config)"
     weights = facts["weights"] if facts["weights"] != "none" else f"{facts['dtype']} (not quantised)"
-    print(f"model:   {source} (chosen by {why})\nfolder:  {facts['path']}\n"
+    print(f"model:   {source}\nchosen:  by {why}\nfolder:  {facts['path']}\n"
           f"size:    {size}\ndevice:  {facts['device']}\n"
           f"dtype:   {facts['dtype']}\nweights: {weights}\ncontext: {facts['context']}")
     return 0
@@ -178,6 +183,9 @@ def main(argv=None) -> int:
     except (ModelLoadError, SettingsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:             # `... | head`: the reader has gone, which is no error of ours
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

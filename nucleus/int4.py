@@ -129,11 +129,11 @@ class Int4Linear(QuantLinear):
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.weight_int4, self.group, self.scale_zeros)
 
     def _block_t(self, i: int, n: int, out: torch.Tensor) -> torch.Tensor:
-        """Rows i..i+n of the weight, de-quantised and transposed: an (in, n) bf16 view of `out`."""
+        """Rows i..i+n of the weight, de-quantised and transposed: an (in, n) view of `out`, in its dtype."""
         d = unpack_int4_t(self.weight_int4[i:i + n], out)                         # (in, n): q
         sz = self.scale_zeros[:, i:i + n].float()                                   # (groups, n, 2)
         # contiguous (groups, n) operands: strided ones made the pass below 3x slower
-        scale, shift = sz[..., 0].to(torch.bfloat16), (sz[..., 1] - 8 * sz[..., 0]).to(torch.bfloat16)
+        scale, shift = sz[..., 0].to(d.dtype), (sz[..., 1] - 8 * sz[..., 0]).to(d.dtype)     # bf16 or fp32
         d3 = d.view(self.in_features // self.group, self.group, n)
         # (q - 8) * scale + zero = q * scale + (zero - 8 * scale), in one pass
         torch.addcmul(shift[:, None], d3, scale[:, None], out=d3)

@@ -48,32 +48,37 @@ def dense_dtype() -> torch.dtype:
     hands it, pathologically slow: on a 2-core AMD EPYC (AVX2) one 128-row block of a 14336 x 4096
     layer took 1.97 s in bf16 against 0.028 s converted to fp32 (0.11 s in bf16 in nn.Linear's own
     layout), and a 128-token prompt took 671 s to its first token on the 1.13B in int4. So such a
-    CPU multiplies in fp32 (the bf16 values are exact in fp32)."""
+    CPU de-quantises and multiplies in fp32 (the bf16 values are exact in fp32), in the same 16 MB
+    scratch buffer (half the rows per block), so prefill's peak memory does not grow."""
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
 
 
 # ---- the prefill scratch buffer -----------------------------------------------------------------
 class _PrefillScratch:
-    """One bf16 buffer for the whole process, shared by every thread under a lock (generation runs
-    one request at a time anyway). It is allocated once, so a request in a new thread does not pay
-    for fresh pages; `allocations` counts how often that happened (tests read it)."""
+    """One buffer of `nbytes` for the whole process, shared by every thread under a lock (generation
+    runs one request at a time anyway), viewed in the dense matmul's dtype (bf16, or fp32 where the
+    CPU has no native bf16: half the rows per block then, the same bytes). It is allocated once, so
+    a request in a new thread does not pay for fresh pages; `allocations` counts how often that
+    happened (tests read it)."""
 
     def __init__(self, nbytes: int):
-        self.elems = nbytes // 2               # bf16: 2 bytes per element
+        self.nbytes = nbytes
         self.lock = threading.Lock()
-        self.buf: torch.Tensor | None = None
+        self.buf: torch.Tensor | None = None   # uint8
         self.allocations = 0
 
-    def block_rows(self, width: int) -> int:
-        return max(1, self.elems // width)
+    def block_rows(self, width: int, dtype: torch.dtype | None = None) -> int:
+        size = (dtype or dense_dtype()).itemsize
+        return max(1, self.nbytes // size // width)
 
-    def view(self, rows: int, width: int) -> torch.Tensor:
-        """(rows, width) bf16 view of the buffer; call with `lock` held."""
-        n = rows * width
+    def view(self, rows: int, width: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """(rows, width) view of the buffer in `dtype` (default dense_dtype()); call with `lock` held."""
+        dtype = dtype or dense_dtype()
+        n = rows * width * dtype.itemsize
         if self.buf is None or self.buf.numel() < n:   # grows only for rows wider than the block
-            self.buf = torch.empty(max(n, self.elems), dtype=torch.bfloat16)
+            self.buf = torch.empty(max(n, self.nbytes), dtype=torch.uint8)
             self.allocations += 1
-        return self.buf[:n].view(rows, width)
+        return self.buf[:n].view(dtype).view(rows, width)
 
 
 SCRATCH = _PrefillScratch(PREFILL_BLOCK_BYTES)
@@ -168,11 +173,11 @@ class QuantLinear(nn.Module):
         dense_dtype() (bf16 where the CPU multiplies bf16 natively, else fp32)."""
         y = torch.empty(x2.shape[0], self.out_features, dtype=torch.bfloat16)     # (rows, out)
         step = max(self.row_multiple, SCRATCH.block_rows(self.in_features) // self.row_multiple * self.row_multiple)
-        xd = x2.to(dense_dtype())
+        xd = x2.to(dense_dtype())                                             # the block is de-quantised in it
         with SCRATCH.lock:
             for i in range(0, self.out_features, step):
                 n = min(step, self.out_features - i)
-                y[:, i:i + n] = xd @ self._block_t(i, n, SCRATCH.view(n, self.in_features).view(-1)).to(xd.dtype)
+                y[:, i:i + n] = xd @ self._block_t(i, n, SCRATCH.view(n, self.in_features).view(-1))
         return self._dense_done(y)
 
     def _dense_done(self, y: torch.Tensor) -> torch.Tensor:
@@ -200,7 +205,7 @@ class Int8Linear(QuantLinear):
         return torch.ops.aten._weight_int8pack_mm(x2, self.weight_int8, self.scale)
 
     def _block_t(self, i: int, n: int, out: torch.Tensor) -> torch.Tensor:
-        """Rows i..i+n as bf16, transposed ((in, n), a view), *without* their scale: the dense path
+        """Rows i..i+n in out's dtype, transposed ((in, n), a view), *without* their scale: the dense path
         applies the per-row scale to the output columns instead (one multiply per output, not per
         weight)."""
         return out[:n * self.in_features].view(n, self.in_features).copy_(self.weight_int8[i:i + n]).t()

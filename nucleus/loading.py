@@ -144,8 +144,18 @@ def bundled_models() -> list[Path]:
 # ---- loading --------------------------------------------------------------------------------
 def is_hub_id(source: str) -> bool:
     """owner/name, unless it names a local path: `models/nucleus-nan0` (a typo under an existing
-    folder) is a missing folder, not a Hub repository."""
-    return bool(_HUB_ID.match(source)) and not Path(source.split("/")[0]).exists()
+    folder) is a missing folder, not a Hub repository; nor is `models/nucleus-nano` outside the
+    repository (see bundled_path)."""
+    return bool(_HUB_ID.match(source)) and not Path(source.split("/")[0]).exists() and bundled_path(source) is None
+
+
+def bundled_path(source: str) -> Path | None:
+    """`models/<name>`, as the docs write the bundled models, from any working directory: the
+    repository's own folder when the path is not there relative to the current one."""
+    if not source.startswith("models/") or Path(source).exists():
+        return None
+    path = REPO_ROOT / source
+    return path if (path / "config.json").is_file() else None
 
 
 def _download(repo_id: str) -> Path:
@@ -166,7 +176,8 @@ def _download(repo_id: str) -> Path:
         raise ModelLoadError(f"There is no model {repo_id!r} on the Hugging Face Hub (or it is private).") from None
     except LocalEntryNotFoundError:
         raise ModelLoadError(f"Could not download {repo_id}: the Hugging Face Hub is not reachable and it is "
-                             "not in the local cache. Use a local folder with --model PATH.") from None
+                             "not in the local cache. Give the path of a local model folder instead (--model PATH, "
+                             "NUCLEUS_MODEL=PATH, or nucleus.load(PATH)).") from None
     except OSError as e:
         raise ModelLoadError(f"Could not download {repo_id} from the Hugging Face Hub: {e}") from None
 
@@ -211,7 +222,7 @@ class _Plan:
 
 
 def _plan(source: str, device: str, dtype: str | torch.dtype, quantize: str) -> _Plan:
-    path = _download(source) if is_hub_id(source) else Path(source).expanduser()
+    path = _download(source) if is_hub_id(source) else bundled_path(source) or Path(source).expanduser()
     files = check_folder(path)
     try:
         cfg = AutoConfig.from_pretrained(path, trust_remote_code=False)

@@ -73,7 +73,10 @@ def summarise(stages: tuple[tuple[str, torch.Tensor], ...], chosen: int, top_n: 
     pen_p = torch.softmax(by_name[PENALTIES], -1) if PENALTIES in by_name else raw_lp.exp()
     temp_p = torch.softmax(by_name[TEMPERATURE], -1) if TEMPERATURE in by_name else pen_p
     n = min(top_n, raw.numel())
-    ids = list(dict.fromkeys(raw.topk(n).indices.tolist() + final.topk(n).indices.tolist() + [chosen]))
+    kept = int((~torch.isinf(final)).sum())
+    # the final distribution's best among the tokens it kept: past them its top-k would pad with
+    # removed (-inf) tokens in arbitrary order (<s>, control bytes), which tell nothing
+    ids = list(dict.fromkeys(raw.topk(n).indices.tolist() + final.topk(min(n, kept)).indices.tolist() + [chosen]))
     index = torch.tensor(ids)
     # removed at a stage: -inf now, finite before (the raw logits count as the stage before the first)
     removed, gone, before = {}, [], torch.isinf(raw)
@@ -92,7 +95,7 @@ def summarise(stages: tuple[tuple[str, torch.Tensor], ...], chosen: int, top_n: 
                                     by))
     candidates.sort(key=lambda c: -c.raw)
     return TokenRecord(chosen, "", float(raw_lp[chosen]), float(final_p[chosen]), tuple(candidates),
-                       {k: v for k, v in removed.items() if v}, int((~torch.isinf(final)).sum()), greedy)
+                       {k: v for k, v in removed.items() if v}, kept, greedy)
 
 
 def keep_shown(records: list[TokenRecord], texts: list[str], shown: str) -> tuple[TokenRecord, ...]:

@@ -91,16 +91,19 @@ def _wire_runs(ui, space: Space) -> None:
                      ui.reuse_btn, ui.inspect_md]
     lease = functools.partial(_lease, space, handlers.run)
     arm = partial(handlers.arm, space)
-    for button, fn in ((ui.run_btn, handlers.run), (ui.regen_btn, handlers.regenerate)):
-        button.click(arm, ui.clock, ui.status, js=NOW, **PRIVATE).then(
-            handlers.snapshot, [ui.prompt, ui.output, ui.history], ui.history, **PRIVATE).then(
-            gpu_lease(partial(fn, space), lease), run_inputs, run_outputs, **_queued(space), **RAW).then(
-            handlers.after_run, ui.last_run, after_outputs, **PRIVATE)
-    ui.continue_btn.click(arm, ui.clock, ui.status, js=NOW, **PRIVATE).then(
-        handlers.prepare_continue, [ui.prompt, ui.last_run, ui.history], [ui.prompt, ui.history], **PRIVATE).then(
-        gpu_lease(partial(handlers.run, space), lease), run_inputs, run_outputs, **_queued(space), **RAW).then(
-        handlers.after_run, ui.last_run, after_outputs, **PRIVATE)
-    ui.stop_btn.click(partial(handlers.stop, space), ui.clock, None, js=NOW, **PRIVATE)
+    buttons = [ui.run_btn, ui.continue_btn, ui.regen_btn, ui.undo_btn, ui.clear_btn]
+    for button, fn in ((ui.run_btn, handlers.run), (ui.regen_btn, handlers.regenerate), (ui.continue_btn, None)):
+        # .success: a run the queue refused at the click (arm raised) goes no further
+        step = button.click(arm, ui.clock, ui.status, js=NOW, **PRIVATE).success(handlers.lock, None, buttons, **PRIVATE)
+        if fn is None:          # Continue: the text so far becomes the prompt
+            step = step.then(handlers.prepare_continue, [ui.prompt, ui.last_run, ui.history], [ui.prompt, ui.history],
+                             **PRIVATE)
+        else:
+            step = step.then(handlers.snapshot, [ui.prompt, ui.output, ui.history], ui.history, **PRIVATE)
+        step.then(gpu_lease(partial(fn or handlers.run, space), lease), run_inputs, run_outputs, **_queued(space),
+                  **RAW).then(handlers.after_run, ui.last_run, after_outputs, **PRIVATE).then(
+            handlers.unlock, None, buttons, **PRIVATE)
+    ui.stop_btn.click(partial(handlers.stop, space), ui.clock, [ui.status, *buttons], js=NOW, **PRIVATE)
     ui.undo_btn.click(handlers.undo, ui.history, [ui.prompt, ui.output, ui.tokens, ui.status, ui.history, ui.last_run],
                       **PRIVATE)
     ui.clear_btn.click(handlers.clear, [ui.prompt, ui.output, ui.history],
@@ -123,7 +126,7 @@ def _wire_views(ui) -> None:
 
 
 def _wire_compare(ui, space: Space) -> None:
-    ui.compare_btn.click(partial(handlers.arm, space), ui.clock, ui.compare_status, js=NOW, **PRIVATE).then(
+    ui.compare_btn.click(partial(handlers.arm, space), ui.clock, ui.compare_status, js=NOW, **PRIVATE).success(
         gpu_lease(partial(handlers.compare, space), lambda *a, **k: 2 * space.max_seconds),
         [ui.model_a, ui.temp_a, ui.model_b, ui.temp_b, ui.prompt] + ui.settings_inputs,
         [ui.out_a, ui.out_b, ui.compare_status], **_queued(space), **RAW)

@@ -99,8 +99,8 @@ class FillDefaults:
     """ASGI middleware for raw HTTP calls of /generate, whose body is {"data": [positional values]}:
     gradio_client sends every value, but a hand-written call may leave the trailing ones out, and
     Gradio then fails with a traceback and answers {"error": null}. Here the missing trailing values
-    get /generate's defaults (as keyword calls do); a call without the prompt is answered 422 with
-    the positional order. One log line either way. Other paths pass through untouched."""
+    get /generate's defaults (as keyword calls do); a call without the prompt, or with more values
+    than /generate takes, is answered 422 with the positional order. One log line either way. Other paths pass through untouched."""
 
     ORDER = [name for name in inspect.signature(Api.generate).parameters if name != "self"]
     DEFAULTS = [p.default for name, p in inspect.signature(Api.generate).parameters.items() if name != "self"]
@@ -146,6 +146,8 @@ class FillDefaults:
             return body, f"\"data\" is missing or not a list; {order}"
         if not data:
             return body, f"prompt is missing; {order}"
+        if len(data) > len(cls.ORDER):
+            return body, f"{len(data)} values, but /generate takes {len(cls.ORDER)}; {order}"
         if len(data) < len(cls.ORDER):
             missing = cls.ORDER[len(data):]
             log.info("raw /generate call: %s left out, their defaults used", ", ".join(missing))

@@ -106,7 +106,7 @@ def notice(space: Space, label: str) -> str:
     from nucleus import loading
 
     parts = [space.fallback] if space.fallback else []
-    if space.catalog.choices.get(label) == str(loading.BUNDLED_MODEL):
+    if space.catalog.choices.get(label) in {str(p) for p in loading.bundled_models()}:
         parts.append(views.DEMO_NOTICE)
     return "\n\n".join(parts)
 
@@ -224,10 +224,27 @@ def after_run(done, request: gr.Request):
             views.inspector_hint(done["engine"], bool(done["records"])))
 
 
+WRITE_BUTTONS = 5          # Generate, Continue, Regenerate, Undo, Clear: off while the visitor's run is on
+
+
+def lock():
+    """The Write tab's buttons while a run of this visitor is queued or streaming (Stop stays on):
+    Continue or Clear in the middle of a run would act on the run before it."""
+    return tuple(gr.update(interactive=False) for _ in range(WRITE_BUTTONS))
+
+
+def unlock():
+    return tuple(gr.update(interactive=True) for _ in range(WRITE_BUTTONS))
+
+
 def stop(space: Space, clicked_ms, request: gr.Request):
-    """Set the flags; the run ends within one token and writes the final status itself, so Stop and
-    the last streamed update never race for the status line."""
-    space.sessions.stop(session_of(request), clicked_ms)
+    """Set the flags. A running run ends within one token and writes the final status itself, so
+    Stop and the last streamed update never race for the status line; a run that only waited in the
+    queue is said to be stopped at once, and the buttons come back."""
+    running, queued = space.sessions.stop(session_of(request), clicked_ms)
+    if queued and not running:
+        return ("Stopped before it started.", *unlock())
+    return (gr.skip(),) * (1 + WRITE_BUTTONS)
 
 
 def leave(space: Space, request: gr.Request):

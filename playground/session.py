@@ -80,15 +80,16 @@ class Sessions:
                 visitor.running.remove(flag)
             self.mean_seconds = 0.8 * self.mean_seconds + 0.2 * (time.monotonic() - began)
 
-    def stop(self, session: str, clicked_ms) -> None:
+    def stop(self, session: str, clicked_ms) -> tuple[int, int]:
         """Stop every run of the visitor, queued or running; remember when, for runs armed later
-        whose click came before it."""
+        whose click came before it. Returns (running, queued): how many of each were stopped."""
         with self._lock:
             visitor = self._visitors.setdefault(session, Visitor())
             if isinstance(clicked_ms, (int, float)):
                 visitor.stopped_at = clicked_ms
             for flag in (*visitor.armed, *visitor.running):
                 flag.set()
+            return len(visitor.running), len(visitor.armed)
 
     def leave(self, session: str) -> None:
         """The visitor closed the page: their runs stop, and no longer count as busy."""

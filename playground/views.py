@@ -10,15 +10,15 @@ TITLE = "Nucleus playground"
 INTRO = ("Nucleus is a small base language model that continues your text. It was trained to write "
          "textbook-style lessons, recipes and stories, and is weak at questions and code. Pick a preset or "
          "write a prompt, then press **Generate**.")
-DEMO_NOTICE = ("**You are trying Nucleus-Nano**, the 20M-parameter demo model bundled so this Space runs offline: "
-               "it was trained for under an hour on a CPU, so its text is not meaningful. To serve the real "
+DEMO_NOTICE = ("**You are trying Nucleus-Nano**, the 20M-parameter demo model bundled so this Space runs offline "
+               "(or its stage-1 model): it was trained for under an hour on a CPU, so its text is not meaningful. To serve the real "
                "Nucleus-1B, start the Space where the Hugging Face Hub is reachable, or run "
                "`python app.py --model NucleusOrg/Nucleus-1B-alpha-1`.")
 FINISH_REASONS = {"eos": "end of text", "length": "max new tokens reached", "stop": "stop string found",
                   "cancelled": "stopped", "time": "time limit reached"}
 STAGE_NAMES = {"penalties": "the repetition penalty / no-repeat n-gram", "top-k": "top-k", "top-p": "top-p",
                "min-p": "min-p"}
-INSPECTOR_HEADERS = ["token", "model %", "after penalties %", "after temperature %", "drawn from %", "note"]
+INSPECTOR_HEADERS = ["token (␣ space, ⏎ newline)", "model %", "after penalties %", "after temperature %", "drawn from %", "note"]
 WEIGHTS = {"none": "the weights as stored", "int8": "int8 weights (quantised for CPU)",
            "int4": "int4 weights (quantised for CPU)", "engine": "the inference engine's weights"}
 
@@ -80,6 +80,13 @@ def code_span(text: str) -> str:
 
 
 # ---- the token inspector --------------------------------------------------------------------------
+def visible(token: str) -> str:
+    """A candidate as the table shows it: spaces, newlines and tabs as ␣ ⏎ ⇥ (so " The" and "The",
+    or a newline, never look alike or blank), other control characters as \\xNN."""
+    out = token.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥")
+    return "".join(c if c.isprintable() or c in "␣⏎⇥" else f"\\x{ord(c):02x}" for c in out)
+
+
 def inspect_step(record, step: int, settings: dict) -> tuple[str, list[list]]:
     """The inspector for one token: a summary sentence and the candidates table."""
     if record.final != record.final:     # NaN: from a remote engine's logprobs, the model's column only
@@ -95,7 +102,7 @@ def inspect_step(record, step: int, settings: dict) -> tuple[str, list[list]]:
     t = settings.get("temperature")
     chosen += (f"\n\nSettings: temperature {t:g}, top-p {settings.get('top_p'):g}, top-k {settings.get('top_k')}, "
                f"min-p {settings.get('min_p'):g}, repetition penalty {settings.get('repetition_penalty'):g}.")
-    rows = [[c.token, round(100 * c.raw, 3), round(100 * c.penalized, 3), round(100 * c.tempered, 3),
+    rows = [[visible(c.token), round(100 * c.raw, 3), round(100 * c.penalized, 3), round(100 * c.tempered, 3),
              round(100 * c.final, 3), ("✔ chosen" if c.token_id == record.token_id else "")
              + (f"removed by {c.removed_by}" if c.removed_by else "")] for c in record.candidates]
     return chosen, rows
@@ -107,7 +114,7 @@ def _engine_step(record, step: int) -> tuple[str, list[list]]:
                + (f", had probability **{p:.3g}** as the inference engine reports it." if p is not None else ".")
                + " The engine gives its top alternatives, not what each sampling setting did, so only the "
                  "model column is filled.")
-    rows = [[c.token, round(100 * c.raw, 3) if c.raw == c.raw else None, None, None, None,
+    rows = [[visible(c.token), round(100 * c.raw, 3) if c.raw == c.raw else None, None, None, None,
              "✔ chosen" if c.token_id == record.token_id else ""] for c in record.candidates]
     return summary, rows
 
@@ -126,7 +133,7 @@ def inspector_hint(engine: str | None, has_records: bool) -> str:
 # ---- the prompt meter -----------------------------------------------------------------------------
 def prompt_meter(n_tokens: int, context: int, max_new: int) -> str:
     """One line: the prompt's tokens against the context and what max new tokens leaves."""
-    line = f"Prompt: **{n_tokens:,}** tokens of the model's {context:,}-token context"
+    line = f"Prompt: **{n_tokens:,}** {'token' if n_tokens == 1 else 'tokens'} of the model's {context:,}-token context"
     if n_tokens >= context:
         return line + " · longer than the context: its oldest tokens will be cut"
     room = context - n_tokens

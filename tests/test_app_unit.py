@@ -163,3 +163,17 @@ def test_a_busy_port_is_named_before_the_model_loads(monkeypatch):
         monkeypatch.setattr(app, "open_catalog", lambda args: pytest.fail("the model was loaded"))
         with pytest.raises(SystemExit, match=f"port {port} is in use"):
             app.main(app.parse_args(["--port", str(port)]))
+
+
+def test_raw_http_calls_get_defaults_for_left_out_values_and_a_sentence_for_the_rest():
+    import json
+
+    from playground.api import FillDefaults
+
+    body, problem = FillDefaults.fill(json.dumps({"data": ["Hello", 0.5]}).encode())
+    data = json.loads(body)["data"]
+    assert problem is None and data[:2] == ["Hello", 0.5] and len(data) == 13 and data[7] == 200 and data[12] == "raw"
+    for raw, says in ((b'{"data": []}', "prompt is missing"), (b'{"x": 1}', '"data" is missing or not a list'),
+                      (b"nope", "the body is not JSON"), (json.dumps({"data": ["a"] * 14}).encode(), "14 values")):
+        _, problem = FillDefaults.fill(raw)
+        assert problem.startswith(says) and "[prompt, temperature, top_p" in problem

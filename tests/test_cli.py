@@ -94,3 +94,12 @@ def test_quantisation_flags_that_cannot_hold_are_refused_not_ignored(tiny_dir):
     assert out.returncode == 2 and "--quantize int8 computes in bfloat16; drop --dtype float32" in out.stderr
     out = cli("info", "--model", str(tiny_dir), "--quantize", "int8", "--dtype", "bfloat16")
     assert out.returncode == 0 and "weights: int8" in out.stdout
+
+
+def test_the_seed_flag_takes_the_seed_boxs_rule_and_a_closed_pipe_is_quiet(tiny_dir):
+    out = cli("generate", "--model", str(tiny_dir), "--prompt", "hi", "--seed", "1e3")
+    assert out.returncode == 2 and "written in digits" in out.stderr
+    piped = subprocess.run(f"{sys.executable} -m nucleus generate --model {tiny_dir} --prompt hi --max-new-tokens 300 "
+                           "| head -c 5", shell=True, cwd=ROOT, capture_output=True, timeout=120)
+    assert piped.stdout.startswith(b"hi") and len(piped.stdout) == 5      # head counts bytes
+    assert b"Traceback" not in piped.stderr and b"BrokenPipe" not in piped.stderr

@@ -60,7 +60,7 @@ def test_smoke_runs_every_part_without_datasets_or_mistral_common(smoke):
     for expected in [("nano", "committed"), ("nano", "stage1"), ("nano", "stage2"), ("nano", "held-out"),
                      ("nano", "packed"), ("train", "setup"), ("train", "a_plain_hf"), ("train", "b_compile"),
                      ("train", "b_compile_no_ckpt"), ("serve", "hf_eager"), ("serve", "hf_static"),
-                     ("serve", "ours"), ("serve", "space_static"), ("serve", "space_dynamic"), ("suite", "done")]:
+                     ("serve", "ours_static"), ("serve", "ours_dynamic"), ("suite", "done")]:
         assert expected in cases, f"no row {expected}"
     assert all(math.isfinite(x) for x in numbers(result)), "a figure is NaN or infinite"
 
@@ -72,10 +72,13 @@ def test_smoke_figures_have_their_keys(smoke):
     for row in (a, b):
         assert row["tokens_per_second"] > 0 and row["mfu_vs_ceiling"] > 0 and len(row["losses"]) == 3
     assert b["ratio_vs_a"] > 0 and b["loss_max_rel_diff_vs_a"] < 0.01     # same stream, same recipe on CPU
-    for case in ("hf_eager", "ours"):
-        for batch in (1, 2):
-            assert rows[("serve", case, batch, False)]["tok_per_s"] > 0
-        assert rows[("serve", case, None, True)]["ttft_ms"] > 0
+    for batch in (1, 2):
+        assert rows[("serve", "hf_eager", batch, False)]["tok_per_s"] > 0
+    assert rows[("serve", "hf_eager", None, True)]["ttft_ms"] > 0
+    for case in ("ours_static", "ours_dynamic"):                 # the product's loop, records on and off
+        ours = [r for r in result["rows"] if r["part"] == "serve" and r["case"] == case]
+        assert sorted(r.get("records", -1) for r in ours) == [-1, 0, 10]
+        assert all(r["tok_per_s"] > 0 for r in ours if "records" in r) and ours[-1]["ttft_ms"] > 0
     held_out = rows[("nano", "held-out", None, False)]
     for key in ("new stage1 on stage1", "new final on stage2", "new final on passages"):
         assert held_out[key]["ppl"] > 1 and held_out[key]["tokens"] > 0

@@ -58,12 +58,14 @@ def test_bad_values_are_said_in_the_status_and_keep_the_last_result(space):
 def test_stop_reaches_a_running_run_and_a_queued_one(space):
     req = Request("visitor-b")
     handlers.arm(space, 1000, req)                                          # clicked Generate ...
-    handlers.stop(space, 2000, req)                                         # ... then Stop, while it waited
+    status, *buttons = handlers.stop(space, 2000, req)                      # ... then Stop, while it waited
+    assert status == "Stopped before it started." and all(b["interactive"] for b in buttons)   # said at once
     assert run(space, session="visitor-b")[-1][2] == "Stopped before it started."
     handlers.arm(space, 3000, req)
     updates = handlers.run(space, space.initial_label, "x", *values(max_new=400), req)
     next(updates)
-    handlers.stop(space, 4000, req)                                         # Stop while it streams
+    assert handlers.stop(space, 4000, req) == (gr.skip(),) * 6              # Stop while it streams: the run
+                                                                           # writes its own last status
     *_, last = updates
     assert "· stopped" in last[2] and last[3]["text"] is not None
     assert space.sessions.busy() == 0
@@ -168,3 +170,16 @@ def test_stop_from_another_thread_ends_the_run_within_one_token(space):
     handlers.stop(space, 2, req)
     t.join(30)
     assert not t.is_alive() and "· stopped" in got[-1][2]
+
+
+def test_the_inspector_shows_whitespace_and_never_pads_with_removed_tokens(space):
+    assert [views.visible(t) for t in (" The", "The", "\n", "a\tb", "\x00")] == ["␣The", "The", "⏎", "a⇥b", "\\x00"]
+    lm = space.catalog.get(space.initial_label)
+    out = nucleus.generate(lm, "### Recipe: Soup\n", nucleus.SamplingSettings(top_p=0.3, max_new_tokens=20, seed=1),
+                           record=10)
+    for r in out.records:
+        raw_best = sorted(r.candidates, key=lambda c: -c.raw)[:10]
+        for c in r.candidates:       # every row: among the model's 10 best, kept to draw from, or the one drawn
+            assert c in raw_best or c.final > 0 or c.token_id == r.token_id
+        _, rows = views.inspect_step(r, 0, nucleus.SamplingSettings(top_p=0.3).to_dict())
+        assert all(row[0] and row[0].isprintable() for row in rows), rows

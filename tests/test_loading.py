@@ -216,3 +216,9 @@ def test_bundled_models_and_run_folders_are_named_so_they_can_be_told_apart(monk
     # the run's folder names it; the bundled models are offered without any variable
     assert cat.labels == ["pretrain/final", "nucleus-nano", "nucleus-nano-stage1", "finetune/final"]
     assert cat.get("finetune/final").name == "finetune/final"
+
+
+def test_the_bundled_models_path_works_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)                                  # not the repository
+    assert not loading.is_hub_id("models/nucleus-nano") and loading.is_hub_id("NucleusOrg/Nucleus-1B-alpha-1")
+    assert nucleus.load("models/nucleus-nano", device="cpu").path == loading.BUNDLED_MODEL

@@ -126,7 +126,7 @@ def test_the_page_shows_engine_tokens_and_their_alternatives(served):
     assert entries[3] == (" dogs", views.bucket(math.exp(-1.2)))                       # 0.30: "0.2 – 0.5"
     summary, rows = views.inspect_step(recs[2], 2, SamplingSettings().to_dict())
     assert "0.301" in summary and "only the model column" in summary
-    assert rows[0] == [" cats", round(100 * math.exp(-0.8), 3), None, None, None, ""]
+    assert rows[0] == ["␣cats", round(100 * math.exp(-0.8), 3), None, None, None, ""]   # spaces shown
     assert rows[1][-1] == "✔ chosen"
 
 

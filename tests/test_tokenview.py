@@ -58,15 +58,23 @@ def test_top_p_keeps_the_smallest_set_with_that_mass(tiny_lm):
 
 def test_final_distribution_sums_to_one_and_penalty_shows(tiny_lm):
     out = nucleus.generate(tiny_lm, PROMPT, SamplingSettings(temperature=1.0, top_k=5, repetition_penalty=2.0,
-                                                             max_new_tokens=6, seed=1), record=10)
+                                                             max_new_tokens=6, seed=1), record=300)
     for r in out.records:
         kept = [c for c in r.candidates if c.removed_by is None]
         assert len(kept) == r.kept == 5                          # all five kept ones are among the candidates
         assert math.isclose(sum(c.final for c in kept), 1.0, rel_tol=1e-4)
         assert r.removed == {"top-k": 32000 - 5}
-    seen = set(encode_prompt(tiny_lm.tokenizer, PROMPT))          # tokens of the prompt are penalised
-    changed = [c for r in out.records for c in r.candidates if c.token_id in seen]
-    assert changed and all(c.penalized != c.raw for c in changed)
+    penalised_shown = 0
+    for i, r in enumerate(out.records):                          # the penalty column, computed by hand
+        logits = raw_logits(tiny_lm, PROMPT, out.records, i)
+        seen = set(encode_prompt(tiny_lm.tokenizer, PROMPT)) | {e.token_id for e in out.records[:i]}
+        idx = torch.tensor(sorted(seen))
+        logits[idx] = torch.where(logits[idx] > 0, logits[idx] / 2.0, logits[idx] * 2.0)
+        by_hand = torch.softmax(logits, -1)
+        for c in r.candidates:
+            assert math.isclose(c.penalized, float(by_hand[c.token_id]), rel_tol=1e-3, abs_tol=1e-7)
+            penalised_shown += c.token_id in seen
+    assert penalised_shown                                       # some shown candidate was a penalised one
 
 
 def processed_by_hand(logits, seen, penalty, temperature, top_p):
