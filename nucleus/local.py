@@ -145,7 +145,7 @@ class IncrementalDecoder:
         special = set(tokenizer.all_special_ids)
         self.anchor = self._anchor([i for i in prompt_ids if i not in special])
         self.window: list[int] = []
-        self.done_text, self.tail = "", ""
+        self.done_text, self.tail, self.head = "", "", None
 
     def _anchor(self, ids: list[int]) -> list[int]:
         start = max(len(ids) - self.ANCHOR, 0)
@@ -162,12 +162,14 @@ class IncrementalDecoder:
     def add(self, ids: list[int]) -> str:
         """Append new ids; return all the text so far."""
         self.window += ids
-        head = self._decode(self.anchor)
-        full = self._decode(self.anchor + self.window)
+        if self.head is None:                  # the anchor's own text, once per window
+            self.head = self._decode(self.anchor)
+        head, full = self.head, self._decode(self.anchor + self.window)
         # full starts with head, except when invalid byte tokens meet across the boundary and are all
         # decoded as \ufffd together: then keep what differs (replacement characters either way).
         self.tail = full[len(os.path.commonprefix([head, full])):]
         if len(self.window) >= self.WINDOW and not self.tail.endswith("\ufffd"):   # \ufffd: a split UTF-8 char
             self.done_text += self.tail
             self.anchor, self.window, self.tail = self._anchor(self.anchor + self.window), [], ""
+            self.head = None
         return self.text()

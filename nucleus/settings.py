@@ -174,14 +174,16 @@ class SamplingSettings:
         return GenerationConfig(**kw)
 
     def chain(self) -> list[tuple[str, Any]]:
-        """(stage, processor) pairs: exactly the processors transformers' generate builds from
+        """(stage, processor) pairs: the processors transformers' generate builds from
         `to_generation_config()`, in its order: the penalties (repetition penalty, then no-repeat
         n-gram; in greedy runs too), then, when sampling, temperature, top-k, top-p and min-p. The
         same classes with the same arguments, so the numbers are transformers' own
-        (tests/test_decode.py checks the scores against generate's)."""
+        (tests/test_decode.py checks the scores against generate's); top-p is transformers' class
+        with a faster sort on CPU (nucleus/topp.py says why and where it differs: ties at the cut)."""
         from transformers import (MinPLogitsWarper, NoRepeatNGramLogitsProcessor,
-                                  RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper,
-                                  TopPLogitsWarper)
+                                  RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopKLogitsWarper)
+
+        from .topp import ValueSortTopP
         out: list[tuple[str, Any]] = []
         if self.repetition_penalty != 1.0:
             out.append((PENALTIES, RepetitionPenaltyLogitsProcessor(self.repetition_penalty)))
@@ -194,7 +196,7 @@ class SamplingSettings:
         if self.top_k:
             out.append(("top-k", TopKLogitsWarper(self.top_k)))
         if self.top_p < 1.0:
-            out.append(("top-p", TopPLogitsWarper(self.top_p)))
+            out.append(("top-p", ValueSortTopP(self.top_p)))
         if self.min_p:
             out.append(("min-p", MinPLogitsWarper(self.min_p)))
         return out

@@ -73,15 +73,15 @@ def summarise(stages: tuple[tuple[str, torch.Tensor], ...], chosen: int, top_n: 
     pen_p = torch.softmax(by_name[PENALTIES], -1) if PENALTIES in by_name else raw_lp.exp()
     temp_p = torch.softmax(by_name[TEMPERATURE], -1) if TEMPERATURE in by_name else pen_p
     n = min(top_n, raw.numel())
-    kept = int((~torch.isinf(final)).sum())
+    kept = int((~torch.isneginf(final)).sum())     # a stage removes a token by setting it to -inf
     # the final distribution's best among the tokens it kept: past them its top-k would pad with
     # removed (-inf) tokens in arbitrary order (<s>, control bytes), which tell nothing
     ids = list(dict.fromkeys(raw.topk(n).indices.tolist() + final.topk(min(n, kept)).indices.tolist() + [chosen]))
     index = torch.tensor(ids)
     # removed at a stage: -inf now, finite before (the raw logits count as the stage before the first)
-    removed, gone, before = {}, [], torch.isinf(raw)
+    removed, gone, before = {}, [], torch.isneginf(raw)
     for name, scores in stages[1:]:
-        now = torch.isinf(scores)
+        now = torch.isneginf(scores)
         newly = now & ~before
         removed[name] = int(newly.sum())
         gone.append((name, newly[index].tolist()))

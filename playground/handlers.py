@@ -257,7 +257,10 @@ def undo(hist):
     if not hist:
         return gr.skip(), gr.skip(), gr.skip(), "Nothing to undo.", hist, None
     text, shown = hist[-1]
-    return text, shown, [(shown, None)] if shown else [], "Undone.", hist[:-1], None
+    left = len(hist) - 1
+    note = f"Undone: back to before the last step ({views.plural(left, 'more step')} to undo)." if left else \
+        "Undone: back to where you started."
+    return text, shown, [(shown, None)] if shown else [], note, hist[:-1], None
 
 
 def clear(text, shown, hist):

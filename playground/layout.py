@@ -89,25 +89,26 @@ def _compare_tab(ui, space: Space) -> None:
     gr.Markdown("The same prompt and seed under two settings or two models, one after the other. The other "
                 "settings are those of the side panel.")
     labels = space.catalog.labels
-    with gr.Row():
-        with gr.Column():
+    with gr.Row():   # min_width: side by side on a desktop, one above the other on a phone
+        with gr.Column(min_width=320):
             ui.model_a = gr.Dropdown(labels, value=space.initial_label, label="Model A", elem_id="model-a")
             ui.temp_a = slider(space, "temperature", "Temperature A", 0.05, 0.3)
-        with gr.Column():
+        with gr.Column(min_width=320):
             ui.model_b = gr.Dropdown(labels, value=space.initial_label, label="Model B", elem_id="model-b")
             ui.temp_b = slider(space, "temperature", "Temperature B", 0.05, 1.0)
     ui.compare_btn = gr.Button("Compare", variant="primary", elem_id="compare-run")
     ui.compare_status = gr.Markdown("", elem_id="compare-status")
     with gr.Row():
-        ui.out_a = gr.Textbox(lines=12, label="A", interactive=False, elem_id="out-a")
-        ui.out_b = gr.Textbox(lines=12, label="B", interactive=False, elem_id="out-b")
+        ui.out_a = gr.Textbox(lines=12, label="A", interactive=False, elem_id="out-a", min_width=320)
+        ui.out_b = gr.Textbox(lines=12, label="B", interactive=False, elem_id="out-b", min_width=320)
 
 
 def _share_tab(ui) -> None:
+    gr.Markdown("A share link opens this prompt, preset, model, every setting and the seed.")
     ui.share_btn = gr.Button("Make a share link", elem_id="share-make")
     ui.link_query = gr.Textbox(visible=False)
-    ui.share_link = gr.Textbox(label="Link: opens this prompt, preset, model, every setting and the seed",
-                               buttons=["copy"], interactive=False, elem_id="share-link")
+    # a short label: on a phone a long one ran under the copy button
+    ui.share_link = gr.Textbox(label="Link", buttons=["copy"], interactive=False, elem_id="share-link")
     ui.code_note = gr.Markdown("Code that repeats the last run (filled in after each run):")
     ui.code_py = gr.Code("", language="python", label="Python with transformers", elem_id="code-python",
                          interactive=False)

@@ -99,7 +99,9 @@ def test_undo_clear_and_continue(space):
     assert prompt == "AB" and hist2[-1] == ("ignored", "AB")
     assert handlers.prepare_continue("as is", None, hist) == ("as is", hist)  # before any run
     text, shown, tokens, status, rest, last = handlers.undo(hist2)
-    assert (text, shown, status, rest) == ("ignored", "AB", "Undone.", hist)
+    assert (text, shown, status, rest) == ("ignored", "AB", "Undone: back to before the last step (1 more step to "
+                                                            "undo).", hist)
+    assert handlers.undo(hist)[3] == "Undone: back to where you started."
     assert handlers.undo([])[3] == "Nothing to undo."
     assert handlers.clear("p", "p+t", [])[4] == [("p", "p+t")]
 
