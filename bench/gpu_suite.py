@@ -121,11 +121,12 @@ def median_tokens_per_second(step_seconds: list[float], step_tokens: int, skip: 
 PLAIN_LEVERS = dict(compile=False, liger=False, activation_checkpointing=True)
 
 
-def carry_site_hint() -> str:
+def carry_site_hint(search_path: list[str] | None = None) -> str:
     """Why liger may be missing although it was carried: .carry/site is on the path only through
-    PYTHONPATH (the device command), so a run without it would quietly skip the liger cases."""
+    PYTHONPATH (the device command), so a run without it would quietly skip the liger cases.
+    search_path: the import path to look in (default sys.path, read, never changed)."""
     site = (CARRY / "site").resolve()
-    if not site.is_dir() or any(Path(p or ".").resolve() == site for p in sys.path):
+    if not site.is_dir() or any(Path(p or ".").resolve() == site for p in (search_path or sys.path)):
         return ""
     return " (.carry/site is here but not on the path: run with PYTHONPATH=.:.carry/site)"
 

@@ -163,18 +163,24 @@ def test_the_package_has_no_forward_hooks_and_no_import_circles():
     import ast
     from pathlib import Path
 
-    pkg = Path(nucleus.__file__).parent
+    root = Path(nucleus.__file__).parent.parent
+    pkg = root / "nucleus"
     assert not [p.name for p in pkg.glob("*.py") if "register_forward_hook" in p.read_text()]
+    # module graph of the two packages the Space imports (nucleus, playground), absolute and relative
+    modules = {f"{d}.{p.stem}": p for d in ("nucleus", "playground") for p in (root / d).glob("*.py")}
     edges = {}
-    for p in pkg.glob("*.py"):
-        mod = p.stem
+    for name, p in modules.items():
+        package = name.rsplit(".", 1)[0]
         deps = set()
         for node in ast.walk(ast.parse(p.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                deps |= {node.module} if node.module else {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module == "nucleus":
+            if isinstance(node, ast.ImportFrom):
+                base = f"{package}.{node.module}" if node.level == 1 and node.module else \
+                    package if node.level == 1 else node.module or ""
+                deps |= {base} | {f"{base}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
                 deps |= {a.name for a in node.names}
-        edges[mod] = {d.split(".")[0] for d in deps} & {q.stem for q in pkg.glob("*.py")} - {mod}
+        edges[name] = {d for d in deps if d in modules and d != name and not d.endswith(".__init__")}
+    assert len(edges) > 30 and "nucleus.backend" in edges["nucleus.local"]      # the graph was read
 
     def reach(start, seen):
         for nxt in edges.get(start, ()):
@@ -182,5 +188,16 @@ def test_the_package_has_no_forward_hooks_and_no_import_circles():
                 seen.add(nxt)
                 reach(nxt, seen)
         return seen
-    circles = sorted(m for m in edges if m in reach(m, set()) and m != "__init__")
+    circles = sorted(m for m in edges if m in reach(m, set()) and not m.endswith(".__init__"))
     assert not circles, f"import circles through {circles}"
+
+
+def test_bench_and_tests_never_edit_the_import_path():
+    from pathlib import Path
+
+    root = Path(nucleus.__file__).parent.parent
+    edits = ("sys.path.insert", "sys.path.append", "sys.path.extend", "sys.path[", 'setattr(sys, "path"',
+             "sys.path =", "sys.path +=")
+    found = [f"{p.relative_to(root)}: {e}" for d in ("bench", "tests") for p in (root / d).rglob("*.py")
+             for e in edits if e in p.read_text() and p.name != "test_decode.py"]
+    assert not found, found
