@@ -175,7 +175,7 @@ def gguf_check(folder: str, work: str, new_tokens: int = 32) -> dict:
     from train import export
 
     out = export.main(["--checkpoint", folder, "--out", str(Path(work) / f"{Path(folder).name}-nucleus-f16.gguf"),
-                       "--gguf", "f16"])
+                       "--gguf", "f16", "--overwrite"])           # the bench's own file, remade each run
     tok = load_tokenizer(folder)
     llm = Llama(model_path=str(out), n_threads=torch.get_num_threads(), n_ctx=1024, verbose=False)
     prompts = [pr.prompt for pr in presets.load_presets().values()]

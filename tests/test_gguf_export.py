@@ -161,13 +161,13 @@ def test_export_never_replaces_what_is_not_an_export(tmp_path):
     with pytest.raises(SystemExit) as e:                        # not a model: one line, no traceback
         export.main(["--checkpoint", str(tmp_path / "chapter-less"), "--out", str(tmp_path / "o")])
     assert "error: " in str(e.value) and not (tmp_path / "o").exists()
-    # an earlier export (only files an export writes) is replaced, as before; folders named like
-    # its staging and backup folders are not the export's to delete
+    # an earlier export (only files an export writes) is replaced when told --overwrite; folders
+    # named like its staging and backup folders are not the export's to delete
     for sibling in ("exp.tmp", "exp.old"):
         (tmp_path / sibling).mkdir()
         (tmp_path / sibling / "mine.txt").write_text("mine")
     first = export.main(["--checkpoint", str(NANO), "--out", str(tmp_path / "exp"), "--dtype", "bfloat16"])
-    assert export.main(["--checkpoint", str(NANO), "--out", str(first), "--dtype", "bfloat16"]) == first
+    assert export.main(["--checkpoint", str(NANO), "--out", str(first), "--dtype", "bfloat16", "--overwrite"]) == first
     assert (first / "config.json").is_file()
     assert all((tmp_path / s / "mine.txt").read_text() == "mine" for s in ("exp.tmp", "exp.old"))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]          # no staging left behind

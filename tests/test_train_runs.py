@@ -4,6 +4,7 @@ Tiny model, 64-token blocks, a handful of steps."""
 import csv
 import gc
 import json
+import math
 import os
 import subprocess
 import sys
@@ -155,7 +156,7 @@ def test_a_failed_export_leaves_nothing_half_written(tmp_path, monkeypatch):
     assert "stage **unknown**" in (good / "README.md").read_text()
     monkeypatch.setattr(export, "model_card", lambda *a: 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        export.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "out")])
+        export.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "out"), "--overwrite"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "plain-model"]      # no out.tmp
     assert (tmp_path / "out" / "README.md").is_file()                # the previous export is intact
 
@@ -257,3 +258,76 @@ def test_bundled_nano_metadata_describes_its_training():
         assert "[unknown]" not in card and "stage **unknown**" not in card
     card = (ROOT / "models" / "nucleus-nano-stage1" / "README.md").read_text()
     assert "stage **pretrain**" in card and "`data/nano-corpus/stage1`" in card and "| hardware | CPU" in card
+
+
+# ---- the kit as a new user meets it -----------------------------------------------------------------
+def test_every_flag_has_a_help_line():
+    import argparse
+    parser = argparse.ArgumentParser()
+    C.add_config_flags(parser)
+    flags = [a for a in parser._actions if a.option_strings and a.dest != "help"]
+    assert len(flags) == len(C.HELP)                 # every key but `stage`, plus --config
+    assert all(a.help and len(a.help) > 10 for a in flags), [a.dest for a in flags if not a.help]
+    assert set(C.HELP) == {f.name for f in C.dataclasses.fields(TrainConfig)}
+
+
+def test_a_missing_init_folder_stops_before_any_tokenising(tmp_path, corpus, monkeypatch):
+    monkeypatch.setattr(engine, "load_data", lambda *a, **k: pytest.fail("tokenised before the init check"))
+    with pytest.raises(C.ConfigError, match=r"init: there is no folder runs/no-such-run/final \(and it is not a "
+                                            r"Hub id\); run the stage before this one first"):
+        run(small(tmp_path, corpus, init="runs/no-such-run/final"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(C.ConfigError, match=r"holds no model \(no config\.json\)"):
+        run(small(tmp_path, corpus, init=str(tmp_path / "empty")))
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+    out = subprocess.run([sys.executable, "-m", "train.finetune", "--config", "train/configs/nano-finetune.yaml",
+                          "--init", str(tmp_path / "nothing-here"), "--dataset", str(corpus)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=180)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "init: there is no folder" in out.stderr
+
+
+def test_a_run_ends_with_one_line_saying_where_the_model_is(tmp_path, corpus, capsys):
+    summary = run(small(tmp_path, corpus, max_steps=2))
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    final = tmp_path / "run" / "final"
+    assert last == (f"done: the final model is in {final} (held-out loss {summary['val_loss']:.4f}, perplexity "
+                    f"{math.exp(summary['val_loss']):.2f}); try it: python app.py --model {final}")
+    run(small(tmp_path, corpus, max_steps=4, halt_after=1, output_dir=str(tmp_path / "halted")))
+    halted = capsys.readouterr().out.strip().splitlines()[-1]
+    assert halted.startswith("stopped at step 1 of 4 (") and halted.endswith("same command and --resume auto")
+
+
+def test_export_refuses_another_model_without_overwrite_and_writes_ordinary_files(tmp_path, corpus):
+    run(small(tmp_path, corpus, max_steps=2))
+    ckpt, out = tmp_path / "run" / "checkpoints" / "step-0000002", tmp_path / "exports" / "mine"
+    old = os.umask(0o022)
+    try:
+        export.main(["--checkpoint", str(ckpt), "--out", str(out)])
+        assert oct(out.stat().st_mode & 0o777) == "0o755"
+        assert {oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {"0o644"}
+        with pytest.raises(SystemExit, match=r"holds another model; replace it with --overwrite"):
+            export.main(["--checkpoint", str(ckpt), "--out", str(out)])
+        export.main(["--checkpoint", str(ckpt), "--out", str(out), "--overwrite"])
+        assert (out / "config.json").is_file()
+    finally:
+        os.umask(old)
+    assert "exports/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_the_cpu_quickstart_commands_run_as_documented(tmp_path):
+    """docs/training.md's two-minute recipe: its data command as written, then its config (2 steps here)."""
+    doc = (ROOT / "docs" / "training.md").read_text()
+    make_data = next(line for line in doc.splitlines() if line.startswith('python -c "from pydoc_data'))
+    subprocess.run(make_data, shell=True, cwd=tmp_path, check=True, timeout=60,
+                   env={**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"})
+    text = (tmp_path / "data" / "pydoc-topics.txt").read_text()
+    assert text.count("<|doc|>") >= 50 and len(text) > 200_000
+    assert "python -m train.pretrain --config train/configs/cpu-quickstart.yaml" in doc
+    out = subprocess.run([sys.executable, "-m", "train.pretrain", "--config", "train/configs/cpu-quickstart.yaml",
+                          "--dataset", str(tmp_path / "data" / "pydoc-topics.txt"), "--max-steps", "2",
+                          "--eval-every", "2", "--output-dir", str(tmp_path / "run"),
+                          "--cache-dir", str(tmp_path / "cache")], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1].startswith(f"done: the final model is in {tmp_path / 'run' / 'final'}")
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()

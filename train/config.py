@@ -165,6 +165,56 @@ def _check_type(where: str, key: str, value, hint):
     raise ConfigError(f"{where}: {key} is {value!r} ({type(value).__name__}); allowed: {hint_name}")
 
 
+# One help line per key, shown by `--help` of every stage script.
+HELP: dict[str, str] = {
+    "init": "'scratch' builds a new model of --size; else a model folder or Hub id to start from",
+    "size": "family member built from scratch: nucleus-1b, nano or tiny (ignored with --init)",
+    "dataset": "Hub dataset id, or a local .txt/.jsonl/.json/.parquet file or a folder of them",
+    "text_field": "the column holding the text",
+    "split": "the split to train on",
+    "dataset_config": "the dataset's configuration name, when it has several (e.g. 20231101.fa)",
+    "validation_split": "a split of the dataset to hold out; else --validation-fraction of the documents",
+    "validation_fraction": "share of documents held out (0 <= f < 1), chosen by a hash of each text",
+    "document_separator": "split each text on this string (TinyStories' .txt files: <|endoftext|>)",
+    "max_documents": "use only the first N documents (a quick run)",
+    "streaming": "read a Hub dataset as a stream instead of downloading it whole",
+    "cache_dir": "where tokenised datasets are kept and reused",
+    "seq_len": "tokens per training sequence",
+    "micro_batch": "sequences per forward pass on each process",
+    "tokens_per_step": "tokens per optimizer step; gradient accumulation is derived from it",
+    "max_steps": "optimizer steps to run; else derived from --epochs",
+    "epochs": "passes over the training set (when --max-steps is not set)",
+    "lr": "peak learning rate",
+    "min_lr_ratio": "the cosine schedule decays to lr x this",
+    "warmup_steps": "linear warm-up steps",
+    "weight_decay": "AdamW weight decay, on matrices only (not norms)",
+    "beta1": "AdamW beta1",
+    "beta2": "AdamW beta2",
+    "grad_clip": "clip the gradient norm to this; 0 = no clipping",
+    "optimizer": "adamw (fused on CUDA) or adamw8bit (bitsandbytes)",
+    "precision": "auto (bf16 autocast on bf16 GPUs, else fp32), bf16, fp16 or fp32",
+    "activation_checkpointing": "recompute activations in the backward pass: less memory, about 30%% more time",
+    "compile": "torch.compile the model (CUDA: fuses pointwise ops; the first step is slow)",
+    "liger": "Liger kernels (CUDA, pip install liger-kernel): fused cross-entropy, RMSNorm, SwiGLU",
+    "tokenizer": "folder with tokenizer files for a scratch run (default: mistral-common's copy)",
+    "output_dir": "the run's folder: checkpoints, metrics, samples, and final/ at the end",
+    "overwrite": "delete a previous run in --output-dir (else refused, or continue it with --resume)",
+    "log_every": "log loss and throughput every N steps",
+    "eval_every": "held-out loss and samples every N steps",
+    "eval_batches": "batches of the held-out set per evaluation",
+    "save_every": "save a checkpoint every N steps",
+    "keep_last": "checkpoints to keep (older ones are deleted)",
+    "sample_presets": "presets whose prompts are continued at each evaluation (samples.log)",
+    "sample_tokens": "tokens per sample",
+    "seed": "seed of the initialisation, data order and samples",
+    "peak_tflops": "the GPU's peak TFLOP/s for the MFU figure (default: a table of known GPUs)",
+    "halt_after": "stop after this step as if interrupted (train in sessions; continue with --resume auto)",
+    "resume": "'auto' (the latest checkpoint in --output-dir) or a checkpoint folder",
+    "push_to_hub": "a Hub repository id to upload the final model to",
+    "stage": "the stage recorded in the model card (set by the script)",
+}
+
+
 # ---- the command line ----------------------------------------------------------------------------
 def parse_bool(text: str) -> bool:
     """true/yes/on/1 or false/no/off/0; anything else (e.g. `flase`) is refused."""
@@ -178,18 +228,21 @@ def parse_bool(text: str) -> bool:
 
 def add_config_flags(parser) -> None:
     """One --flag per TrainConfig field, typed from its annotation; unset flags keep the YAML value."""
-    parser.add_argument("--config", help="YAML file in train/configs/")
+    parser.add_argument("--config", help="a YAML file of these keys (train/configs/); flags given beside it win")
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
+        if f.name == "stage":                             # each script sets its own stage
+            continue
         base = _base(hints[f.name])
         flag = "--" + f.name.replace("_", "-")
+        help_line = HELP[f.name]
         if base is bool:
             parser.add_argument(flag, dest=f.name, type=parse_bool, nargs="?", const=True, default=None,
-                                metavar="BOOL")           # `--overwrite` alone means true
+                                metavar="BOOL", help=help_line)           # `--overwrite` alone means true
         elif typing.get_origin(base) is list:
-            parser.add_argument(flag, dest=f.name, nargs="*", default=None)
+            parser.add_argument(flag, dest=f.name, nargs="*", default=None, help=help_line)
         else:
-            parser.add_argument(flag, dest=f.name, type=base, default=None)
+            parser.add_argument(flag, dest=f.name, type=base, default=None, help=help_line)
 
 
 def config_from_args(args) -> TrainConfig:

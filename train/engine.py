@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
 from nucleus import architecture
-from nucleus.loading import load
+from nucleus.loading import bundled_path, is_hub_id, load
 from nucleus.tokenizer import has_tokenizer, load_tokenizer
 
 from train import checkpoint
@@ -84,9 +84,31 @@ def load_data(cfg: TrainConfig, tokenizer, acc: Accelerator) -> Data:
     return Data(D.PackedBlocks.from_cache(cache, "train", cfg.seq_len), val if len(val) else None, meta)
 
 
+def init_folder(cfg: TrainConfig) -> Path | None:
+    """The local folder `init` names (models/... from any working folder), or None (scratch, Hub id)."""
+    if cfg.init == "scratch":
+        return None
+    local = bundled_path(cfg.init) or Path(cfg.init)
+    return local if local.is_dir() else None
+
+
+def check_init(cfg: TrainConfig) -> None:
+    """A starting model that is not there stops the run in one sentence, before any tokenising
+    (a resumed run starts from its checkpoint instead)."""
+    if cfg.init == "scratch" or cfg.resume or is_hub_id(cfg.init):
+        return
+    folder = init_folder(cfg)
+    if folder is None:
+        raise ConfigError(f"init: there is no folder {cfg.init} (and it is not a Hub id); run the stage before "
+                          "this one first, or point --init at its OUTPUT_DIR/final")
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"init: {cfg.init} holds no model (no config.json); point --init at a model folder, "
+                          "such as a run's OUTPUT_DIR/final")
+
+
 def build_model(cfg: TrainConfig, resume_from: Path | None):
     """(model, tokenizer) from a checkpoint, a starting model, or scratch; with the training switches."""
-    start_from = resume_from or (None if cfg.init == "scratch" else cfg.init)
+    start_from = resume_from or (None if cfg.init == "scratch" else init_folder(cfg) or cfg.init)
     if start_from:
         lm = load(start_from, device="cpu", dtype=torch.float32, quantize="none")
         model, tokenizer = lm.model, lm.tokenizer
@@ -251,6 +273,7 @@ def run(cfg: TrainConfig, data: Data | None = None, records: NoRecords | None = 
     """Train per `cfg`; returns a summary (final losses, tokens seen, export path...).
     `data` and `records` default to cfg's dataset and OUTPUT_DIR's files (benchmarks pass their own)."""
     check_liger(cfg)                                   # before the output folder and the data
+    check_init(cfg)
     acc = make_accelerator(cfg)
     set_seed(cfg.seed)
     say, is_main = acc.print, acc.is_main_process
@@ -259,7 +282,7 @@ def run(cfg: TrainConfig, data: Data | None = None, records: NoRecords | None = 
     acc.wait_for_everyone()
 
     # -- data before the model: a data error costs seconds, not a 5 GB model build --
-    tokenizer_dir = resume_from or (cfg.init if cfg.init != "scratch" and Path(cfg.init).is_dir() else None)
+    tokenizer_dir = resume_from or init_folder(cfg)
     data = data or load_data(cfg, load_tokenizer(tokenizer_dir) if tokenizer_dir else scratch_tokenizer(cfg), acc)
     model, tokenizer = build_model(cfg, resume_from)
     n_params = sum(p.numel() for p in model.parameters())
@@ -380,7 +403,20 @@ def run(cfg: TrainConfig, data: Data | None = None, records: NoRecords | None = 
         summary["export"] = records.finish(raw, tokenizer, summary)
     acc.wait_for_everyone()
     records.close()
+    say(last_line(cfg, summary))
     return summary
+
+
+def last_line(cfg: TrainConfig, summary: dict) -> str:
+    """The run's outcome in one line: where the final model is and its held-out figure, or where
+    the run stopped and how to go on."""
+    held_out = "no held-out set" if summary["val_loss"] is None else \
+        f"held-out loss {summary['val_loss']:.4f}, perplexity {math.exp(min(summary['val_loss'], 50)):.2f}"
+    if summary["steps"] < summary["total_steps"]:
+        return (f"stopped at step {summary['steps']} of {summary['total_steps']} ({held_out}); continue with the "
+                f"same command and --resume auto")
+    where = summary.get("export") or f"{cfg.output_dir}/final"
+    return f"done: the final model is in {where} ({held_out}); try it: python app.py --model {where}"
 
 
 # ---- shared entry point of pretrain.py and finetune.py -----------------------------------------------

@@ -106,9 +106,21 @@ def atomic_folder(final: str | Path):
     if final.exists():
         old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
         os.replace(final, old)             # onto the new, empty folder: a rename, POSIX allows it
+    ordinary_permissions(tmp)
     os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def ordinary_permissions(folder: Path) -> None:
+    """What a plain mkdir and open would have given under the user's umask (rwxr-xr-x folders,
+    rw-r--r-- files with the usual 022): tempfile.mkdtemp makes its folder 0700, and the files in it
+    would stay readable to their owner alone after the rename."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in (folder, *folder.rglob("*")):
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 class ExportError(ValueError):
@@ -121,12 +133,15 @@ EXPORT_FILES = {"config.json", "generation_config.json", "model.safetensors", "m
                 "chat_template.jinja", "README.md", "training_summary.json", "train_config.json"}
 
 
-def check_out(out: str | Path, gguf: bool = False, checkpoint: str | Path | None = None) -> Path:
+def check_out(out: str | Path, gguf: bool = False, checkpoint: str | Path | None = None,
+              overwrite: bool = True) -> Path:
     """Refuse an output path whose writing would destroy something that is not an export:
     - a Hugging Face export replaces its folder as a whole, so that folder must be new, empty, or an
       earlier export (only files an export writes, config.json among them), and neither the
       checkpoint being exported nor inside it (nor holding it);
-    - a GGUF export writes one file: not over a folder, nor over a file that is not a GGUF."""
+    - a GGUF export writes one file: not over a folder, nor over a file that is not a GGUF.
+    overwrite=False (the command line without --overwrite) also refuses to replace an earlier
+    export, as training refuses a previous run."""
     out = Path(out)
     if gguf:
         if out.is_dir():
@@ -134,6 +149,8 @@ def check_out(out: str | Path, gguf: bool = False, checkpoint: str | Path | None
                               f"{out / 'model.gguf'}")
         if out.is_file() and out.stat().st_size and out.open("rb").read(4) != b"GGUF":
             raise ExportError(f"{out} exists and is not a GGUF file; choose another file name")
+        if out.is_file() and not overwrite:
+            raise ExportError(f"{out} holds another GGUF model; replace it with --overwrite, or choose another name")
         return out
     if out.is_file():
         raise ExportError(f"{out} is a file; a Hugging Face export is a folder (for one GGUF file, add --gguf TYPE)")
@@ -149,6 +166,8 @@ def check_out(out: str | Path, gguf: bool = False, checkpoint: str | Path | None
             raise ExportError(f"{out} holds files an export does not write ({', '.join(foreign[:3]) or 'no config.json'}"
                               f"{', ...' if len(foreign) > 3 else ''}); the export replaces its folder as a whole, "
                               "so choose a new or empty folder")
+        if names and not overwrite:
+            raise ExportError(f"{out} holds another model; replace it with --overwrite, or choose another --out")
     return out
 
 
@@ -180,8 +199,9 @@ def push(folder: str | Path, repo_id: str) -> None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Export a training checkpoint in Hugging Face format.")
     p.add_argument("--checkpoint", required=True, help="a checkpoints/step-N folder (or any model folder)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--push-to-hub", default=None, metavar="REPO_ID")
+    p.add_argument("--out", required=True, help="the folder to write (or, with --gguf, the file)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export at --out")
+    p.add_argument("--push-to-hub", default=None, metavar="REPO_ID", help="upload the export to this Hub repository")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="weights on disk; bfloat16 halves the size (the bundled nano is stored so)")
     p.add_argument("--gguf", default=None, choices=["f16", "bf16", "q8_0", "q4_0"],
@@ -214,7 +234,7 @@ def _export(args) -> Path:
     from nucleus.loading import load
 
     ckpt = Path(args.checkpoint)
-    check_out(args.out, gguf=bool(args.gguf), checkpoint=ckpt)
+    check_out(args.out, gguf=bool(args.gguf), checkpoint=ckpt, overwrite=args.overwrite)
     if args.gguf:
         from .gguf_file import write_gguf
 
