@@ -36,6 +36,10 @@ class TrainConfig:
     document_separator: str | None = None  # split texts on this (TinyStories' .txt: "<|endoftext|>")
     max_documents: int | None = None
     streaming: bool = False
+    # instruct stage only: the record's fields (OpenOrca's names by default; system may be absent)
+    system_field: str = "system_prompt"
+    question_field: str = "question"
+    response_field: str = "response"
     cache_dir: str = ".cache/nucleus-tokens"
     # one optimizer step = micro_batch x seq_len tokens x accumulation x processes ~= tokens_per_step
     seq_len: int = 2048
@@ -178,6 +182,9 @@ HELP: dict[str, str] = {
     "document_separator": "split each text on this string (TinyStories' .txt files: <|endoftext|>)",
     "max_documents": "use only the first N documents (a quick run)",
     "streaming": "read a Hub dataset as a stream instead of downloading it whole",
+    "system_field": "instruct: the field holding the system prompt (may be absent or empty)",
+    "question_field": "instruct: the field holding the user's message",
+    "response_field": "instruct: the field holding the reply the loss is computed on",
     "cache_dir": "where tokenised datasets are kept and reused",
     "seq_len": "tokens per training sequence",
     "micro_batch": "sequences per forward pass on each process",

@@ -40,9 +40,19 @@ PEAK_TFLOPS = {"3090": 71, "4090": 165, "A100": 312, "H100": 989, "H200": 989}
 
 @dataclass
 class Data:
+    """Blocks whose batch() gives token ids (B, T), trained on as their own labels, or a dict of
+    model inputs (input_ids, labels, position_ids: train/chat.py's packed examples)."""
     train: D.PackedBlocks | D.RandomBlocks
     val: D.PackedBlocks | None
     meta: dict
+    chat_template: str | None = None     # stored in the exported tokenizer when set
+
+
+def model_inputs(batch, device) -> dict[str, torch.Tensor]:
+    """A batch as keyword arguments of the model's forward, on `device`."""
+    if isinstance(batch, torch.Tensor):
+        batch = {"input_ids": batch, "labels": batch}
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 # ---- the pieces run() puts together ------------------------------------------------------------------
@@ -259,19 +269,21 @@ def evaluate(model, blocks, cfg: TrainConfig, acc: Accelerator) -> float | None:
     model.eval()
     total, count = torch.zeros((), device=acc.device), torch.zeros((), device=acc.device)
     for start in range(acc.process_index * cfg.micro_batch, n, cfg.micro_batch * acc.num_processes):
-        batch = blocks.batch(range(start, min(start + cfg.micro_batch, n))).to(acc.device)
+        batch = model_inputs(blocks.batch(range(start, min(start + cfg.micro_batch, n))), acc.device)
+        rows = len(batch["input_ids"])
         with acc.autocast():
-            total += model(input_ids=batch, labels=batch).loss.float() * len(batch)
-        count += len(batch)
+            total += model(**batch).loss.float() * rows
+        count += rows
     model.train()
     total, count = acc.reduce(total, "sum"), acc.reduce(count, "sum")
     return (total / count).item()
 
 
 # ---- the run ---------------------------------------------------------------------------------------
-def run(cfg: TrainConfig, data: Data | None = None, records: NoRecords | None = None) -> dict:
+def run(cfg: TrainConfig, data: Data | None = None, records: NoRecords | None = None, data_loader=None) -> dict:
     """Train per `cfg`; returns a summary (final losses, tokens seen, export path...).
-    `data` and `records` default to cfg's dataset and OUTPUT_DIR's files (benchmarks pass their own)."""
+    `data` and `records` default to cfg's dataset and OUTPUT_DIR's files (benchmarks pass their own);
+    `data_loader(cfg, tokenizer, acc) -> Data` replaces load_data (the instruct stage's examples)."""
     check_liger(cfg)                                   # before the output folder and the data
     check_init(cfg)
     acc = make_accelerator(cfg)
@@ -283,8 +295,11 @@ def run(cfg: TrainConfig, data: Data | None = None, records: NoRecords | None = 
 
     # -- data before the model: a data error costs seconds, not a 5 GB model build --
     tokenizer_dir = resume_from or init_folder(cfg)
-    data = data or load_data(cfg, load_tokenizer(tokenizer_dir) if tokenizer_dir else scratch_tokenizer(cfg), acc)
+    data = data or (data_loader or load_data)(
+        cfg, load_tokenizer(tokenizer_dir) if tokenizer_dir else scratch_tokenizer(cfg), acc)
     model, tokenizer = build_model(cfg, resume_from)
+    if data.chat_template:
+        tokenizer.chat_template = data.chat_template
     n_params = sum(p.numel() for p in model.parameters())
     order = D.BatchOrder(len(data.train), cfg.micro_batch, cfg.seed, acc.process_index, acc.num_processes)
     accum = max(1, round(cfg.tokens_per_step / (cfg.micro_batch * cfg.seq_len * acc.num_processes)))
@@ -325,11 +340,11 @@ def run(cfg: TrainConfig, data: Data | None = None, records: NoRecords | None = 
         # -- one optimizer step: `accum` micro-batches, gradients synced only on the last --
         step_loss = torch.zeros((), device=acc.device)
         for micro in range(accum):
-            batch = data.train.batch(order.indices(state["micro_step"])).to(acc.device)   # (B, T)
+            batch = model_inputs(data.train.batch(order.indices(state["micro_step"])), acc.device)   # (B, T) each
             state["micro_step"] += 1
             with nullcontext() if micro == accum - 1 else acc.no_sync(model):
                 with acc.autocast():
-                    loss = fwd(input_ids=batch, labels=batch).loss
+                    loss = fwd(**batch).loss
                 acc.backward(loss / accum)
             step_loss += loss.detach() / accum
         if cfg.grad_clip:
@@ -419,8 +434,8 @@ def last_line(cfg: TrainConfig, summary: dict) -> str:
     return f"done: the final model is in {where} ({held_out}); try it: python app.py --model {where}"
 
 
-# ---- shared entry point of pretrain.py and finetune.py -----------------------------------------------
-def main(argv, description: str, default_config: Path, stage: str) -> dict:
+# ---- shared entry point of pretrain.py, finetune.py and instruct.py -----------------------------------------------
+def main(argv, description: str, default_config: Path, stage: str, data_loader=None) -> dict:
     """Parse flags over the YAML config and run; a config or data error is one line, no traceback."""
     import argparse
 
@@ -430,8 +445,9 @@ def main(argv, description: str, default_config: Path, stage: str) -> dict:
     try:
         cfg = config_from_args(parser.parse_args(argv))
         cfg.stage = stage
-        if stage == "finetune" and cfg.init == "scratch":
-            raise ConfigError("fine-tuning needs a starting model: set init (the stage-1 output folder or a Hub id)")
-        return run(cfg)
+        if stage in ("finetune", "instruct") and cfg.init == "scratch":
+            raise ConfigError(f"{stage}: needs a starting model: set init (the previous stage's output folder "
+                              "or a Hub id)")
+        return run(cfg, data_loader=data_loader)
     except (ConfigError, D.DataError) as e:
         raise SystemExit(f"error: {e}") from None
