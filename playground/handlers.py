@@ -111,11 +111,6 @@ def notice(space: Space, label: str) -> str:
     return "\n\n".join(parts)
 
 
-LABELS = {"temperature": "Temperature", "top_p": "Top-p", "top_k": "Top-k", "min_p": "Min-p",
-          "repetition_penalty": "Repetition penalty", "no_repeat_ngram_size": "No-repeat n-gram size",
-          "max_new_tokens": "Max new tokens"}
-
-
 def range_note(space: Space, name: str, label, value) -> str:
     """A value typed past a slider's range is put back in range by the page: say which value is
     used instead of clamping in silence (the event comes with the value as typed)."""
@@ -127,11 +122,7 @@ def range_note(space: Space, name: str, label, value) -> str:
             high = max_new_limit(space.catalog.get(label))
         except nucleus.ModelLoadError:
             pass
-    if low <= value <= high:
-        return ""
-    used = high if value > high else low
-    return (f"⚠️ {LABELS[name]} {value:g} is outside this page's range ({low:g} to {high:g}): {used:g} is used"
-            + (" (what this model's context allows)." if name == "max_new_tokens" and value > high else "."))
+    return views.out_of_range(name, value, low, high)
 
 
 def switch_model(space: Space, label, wanted):

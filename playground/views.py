@@ -144,3 +144,18 @@ def prompt_meter(n_tokens: int, context: int, max_new: int) -> str:
 
 def model_info(describe: str, chosen_by: str = "") -> str:
     return f"**Model:** {describe}" + (f" · chosen by {chosen_by}" if chosen_by else "")
+
+
+LABELS = {"temperature": "Temperature", "top_p": "Top-p", "top_k": "Top-k", "min_p": "Min-p",
+          "repetition_penalty": "Repetition penalty", "no_repeat_ngram_size": "No-repeat n-gram size",
+          "max_new_tokens": "Max new tokens"}
+
+
+def out_of_range(name: str, value: float, low: float, high: float) -> str:
+    """The note for a value typed past a slider's range, naming the value the page uses ("" when in range)."""
+    if low <= value <= high:
+        return ""
+    used = high if value > high else low
+    return (f"⚠️ {LABELS[name]} {value:g} is outside this page's range ({low:g} to {high:g}): {used:g} is used"
+            + (" (what this model's context allows)." if name == "max_new_tokens" and value > high else "."))
+
