@@ -25,7 +25,8 @@ import torch
 
 from nucleus import architecture
 from train import data as D
-from train.engine import Data, TrainConfig, enable_activation_checkpointing, flops_per_token, peak_flops, run
+from train.engine import Data, TrainConfig, flops_per_token, peak_flops, run
+from train.model_setup import enable_activation_checkpointing
 from train.records import NoRecords
 
 ROOT = Path(__file__).resolve().parent.parent

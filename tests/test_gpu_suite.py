@@ -109,7 +109,7 @@ def test_smoke_packs_a_loadable_nano(smoke, tmp_path):
 
 # ---- engine fields the suite uses --------------------------------------------------------------------
 def test_scratch_tokenizer_comes_from_the_configured_folder(tmp_path):
-    from train.engine import scratch_tokenizer
+    from train.model_setup import scratch_tokenizer
 
     cfg = TrainConfig(tokenizer=str(ROOT / "models/nucleus-nano"))
     assert len(scratch_tokenizer(cfg)) == 32000
@@ -118,7 +118,7 @@ def test_scratch_tokenizer_comes_from_the_configured_folder(tmp_path):
 
 
 def test_liger_without_the_package_is_a_config_error():
-    from train.engine import apply_liger
+    from train.model_setup import apply_liger
 
     try:
         import liger_kernel.transformers  # noqa: F401

@@ -17,7 +17,7 @@ import torch
 from conftest import ROOT
 from test_train import write_corpus
 from train import config as C
-from train import engine, export
+from train import engine, export, model_setup
 from train.engine import TrainConfig, run
 
 SMALL = dict(init="scratch", size="tiny", seq_len=64, micro_batch=4, tokens_per_step=256, max_steps=4,
@@ -84,7 +84,7 @@ def test_data_is_checked_before_the_model_is_built(tmp_path, monkeypatch):
     """Was: the 1.13B model (48 s, 5 GB) was built before 'the file is empty'."""
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    monkeypatch.setattr(engine.architecture, "build", lambda *a, **k: pytest.fail("model built before data check"))
+    monkeypatch.setattr(model_setup.architecture, "build", lambda *a, **k: pytest.fail("model built before data check"))
     from train.data import DataError
     with pytest.raises(DataError, match=r"empty\.txt: the file is empty"):
         run(small(tmp_path, empty, size="nucleus-1b"))
@@ -177,11 +177,11 @@ def test_activation_checkpointing_works_on_transformers_5_17():
         def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
             calls.append(gradient_checkpointing_kwargs)
 
-    engine.enable_activation_checkpointing(Model517())
+    model_setup.enable_activation_checkpointing(Model517())
     assert calls == [{"use_reentrant": False}]
     from nucleus import architecture
     model = architecture.build("tiny")
-    engine.enable_activation_checkpointing(model)                       # 5.23+: the new name
+    model_setup.enable_activation_checkpointing(model)                       # 5.23+: the new name
     assert model.is_activation_checkpointing
 
 
