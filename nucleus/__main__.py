@@ -3,6 +3,8 @@
     python -m nucleus generate --preset recipe --temperature 0.7 --seed 42
     python -m nucleus generate --prompt "### Lesson: Bees\n### Introduction\n" --max-new-tokens 100
     python -m nucleus generate --preset story --logprobs 5 --logprobs-mode processed
+    python -m nucleus chat --model runs/instruct/final --system "Be brief." --message "Why is the sky blue?"
+    python -m nucleus chat --model runs/instruct/final          # a conversation: one message per line on stdin
     python -m nucleus presets
     python -m nucleus info [--model PATH_OR_HUB_ID]
 
@@ -43,6 +45,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_model_flags(g)
     g.add_argument("--prompt", help="prompt text; backslash escapes like \\n are honoured")
     g.add_argument("--preset", help="start from a preset's prompt and settings (see `presets`)")
+    _run_flags(g)
+    c = sub.add_parser("chat", help="reply to messages with a model that has a chat template (an instruct checkpoint)")
+    add_model_flags(c)
+    c.add_argument("--system", default="", help="system prompt (backslash escapes honoured)")
+    c.add_argument("--message", help="one user message: print the reply and exit; without it, each line read "
+                                     "from stdin is a message and the conversation goes on until end of input")
+    c.add_argument("--preset", help="start from a chat preset's system prompt, message and settings")
+    _run_flags(c)
+    sub.add_parser("presets", help="list the presets").add_argument("--json", action="store_true")
+    add_model_flags(sub.add_parser("info", help="which model would be served, its size, device and dtype"))
+    args = p.parse_args(argv)
+    check_environment(p)
+    return args
+
+
+def _run_flags(g) -> None:
+    """The sampling flags that generate and chat share."""
     for name, (_, _, _, _, help_) in BOUNDS.items():
         g.add_argument("--" + name.replace("_", "-"), dest=name, type=_number(name), default=None,
                        help=f"{help_}; {allowed(name)}")
@@ -56,11 +75,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "distribution each token was drawn from, after every sampling setting")
     g.add_argument("--max-seconds", type=float, default=None,
                    help="time limit of the run in seconds (default: none); it then ends with 'time'")
-    sub.add_parser("presets", help="list the presets").add_argument("--json", action="store_true")
-    add_model_flags(sub.add_parser("info", help="which model would be served, its size, device and dtype"))
-    args = p.parse_args(argv)
-    check_environment(p)
-    return args
 
 
 def _settings(args, base: SamplingSettings) -> SamplingSettings:
@@ -82,7 +96,7 @@ def _presets(args) -> int:
         print(json.dumps([p.to_dict() for p in presets.values()], indent=1))
     else:
         for p in presets.values():
-            print(f"{p.name:18} {p.description}")
+            print(f"{p.name:18} {p.kind:10} {p.description}")
     return 0
 
 
@@ -106,19 +120,28 @@ def _info(args) -> int:
 
 
 def _prepare(args):
-    """(backend, prompt, settings) for `generate`, everything checked before anything is printed."""
+    """(backend, prompt, settings) for `generate` and `chat`, everything checked before anything is
+    printed. For chat, prompt is the message (None: read them from stdin)."""
     from .loading import load, resolve_model
     from .presets import load_presets
     from .remote import connect
 
-    presets = load_presets()
+    kind = "chat" if args.command == "chat" else "completion"
+    every = load_presets()
+    presets = {name: p for name, p in every.items() if p.kind == kind}
     if args.preset and args.preset not in presets:
-        raise SettingsError("preset", f"unknown preset {args.preset!r}; choose one of {', '.join(presets)}")
+        other = "generate" if kind == "chat" else "chat"
+        raise SettingsError("preset", f"{args.preset!r} is a {every[args.preset].kind} preset: use it with `{other}`"
+                            if args.preset in every else f"unknown preset {args.preset!r}; for {args.command}, "
+                                                         f"choose one of {', '.join(presets)}")
     preset = presets.get(args.preset)
     settings = _settings(args, preset.settings if preset else SamplingSettings())
-    prompt = unescape(args.prompt) if args.prompt is not None else (preset.prompt if preset else None)
-    if prompt is None:
+    given = args.message if kind == "chat" else args.prompt
+    prompt = unescape(given) if given is not None else (preset.prompt if preset else None)
+    if prompt is None and kind == "completion":
         raise SettingsError("prompt", "give --prompt TEXT or --preset NAME")
+    if kind == "chat":
+        args.system = unescape(args.system) if args.system else (preset.system if preset else "")
     if args.max_seconds is not None and not args.max_seconds > 0:
         raise SettingsError("max_seconds", f"must be > 0, got {args.max_seconds:g}")
     from .backend import check_logprobs
@@ -127,28 +150,67 @@ def _prepare(args):
     backend = (connect(args.backend, args.backend_engine, model=args.model) if args.backend
                else load(resolve_model(args.model)[0], args.device, args.dtype, args.quantize))
     backend.check(settings, args.logprobs, args.logprobs_mode)   # what this backend cannot do, refused now
+    if kind == "chat" and not backend.supports.chat:
+        from .chat import base_model_refusal
+
+        raise base_model_refusal(backend.name)
+    if args.backend:
+        from .options import ignored_local_flags
+
+        for flag in ignored_local_flags(args):
+            print(f"warning: {flag} is ignored with --backend: the engine serves the model as it was started",
+                  file=sys.stderr)
     return backend, prompt, settings
 
 
 def _generate(args) -> int:
-    from .options import ignored_local_flags
-    from .remote import RemoteError
-
     backend, prompt, settings = _prepare(args)
-    if args.backend:
-        for flag in ignored_local_flags(args):
-            print(f"warning: {flag} is ignored with --backend: the engine serves the model as it was started",
-                  file=sys.stderr)
     if not args.logprobs:
         sys.stdout.write(prompt)
+    update = _show(args, backend.stream(prompt, settings, max_time=args.max_seconds, logprobs=args.logprobs,
+                                        logprobs_mode=args.logprobs_mode))
+    return update if isinstance(update, int) else 0
+
+
+def _chat(args) -> int:
+    """One reply (--message), or a conversation: each stdin line is the user's next message."""
+    backend, message, settings = _prepare(args)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    lines = [message] if message is not None else _stdin_lines()
+    for line in lines:
+        messages.append({"role": "user", "content": line})
+        update = _show(args, backend.stream_chat(messages, settings, max_time=args.max_seconds,
+                                                 logprobs=args.logprobs, logprobs_mode=args.logprobs_mode), chat=True)
+        if isinstance(update, int):
+            return update
+        messages.append({"role": "assistant", "content": update.text.strip()})
+    return 0
+
+
+def _stdin_lines():
+    prompt = sys.stdin.isatty()
+    while True:
+        if prompt:
+            print("you> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            return
+        if line.strip():
+            yield unescape(line.rstrip("\n"))
+
+
+def _show(args, updates, chat: bool = False):
+    """Stream the text to stdout and the run's line to stderr; the final Update, or an exit code."""
+    from .remote import RemoteError
+
     shown, update = 0, None
     try:
-        for update in backend.stream(prompt, settings, max_time=args.max_seconds, logprobs=args.logprobs,
-                                     logprobs_mode=args.logprobs_mode):
+        for update in updates:
             if not args.logprobs:
-                sys.stdout.write(update.text[shown:])
+                text = update.text.lstrip() if chat else update.text    # a reply's first space is the template's
+                sys.stdout.write(text[shown:])
                 sys.stdout.flush()
-                shown = len(update.text)
+                shown = len(text)
     except (SettingsError, RemoteError) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 2
@@ -157,11 +219,13 @@ def _generate(args) -> int:
         return 130
     if args.logprobs:
         _print_logprobs(update)
+    elif chat:
+        print()                 # a reply is a line of its own
     else:       # stdout holds exactly prompt + text; the newline that ends the line goes to stderr
         print(file=sys.stderr)
     print(f"[seed {update.seed} | {_plural(update.tokens, 'token')} | {update.tokens_per_second:.1f} tok/s | "
           f"{update.finish_reason}]" + (f"\n[warning] {update.warning}" if update.warning else ""), file=sys.stderr)
-    return 0
+    return update
 
 
 def _print_logprobs(update) -> None:
@@ -179,7 +243,7 @@ def main(argv=None) -> int:
     from .backend import ModelLoadError
 
     try:
-        return {"presets": _presets, "info": _info, "generate": _generate}[args.command](args)
+        return {"presets": _presets, "info": _info, "generate": _generate, "chat": _chat}[args.command](args)
     except (ModelLoadError, SettingsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

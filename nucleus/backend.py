@@ -65,6 +65,7 @@ class Supports:
     logprobs: bool = True              # per-token log-probabilities with alternatives (the token view)
     stages: bool = True                # the probabilities after each sampling stage (the inspector's columns)
     processed_logprobs: bool = True    # logprobs_mode="processed"
+    chat: bool = False                 # takes chat messages (a chat template, or an engine's chat endpoint)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class Request:
     warning: str | None = None
     prompt_start: int = 0
     text_start: int = 0         # len(the whole prompt): where the completion starts (text_offset)
+    messages: tuple = ()        # a chat run: the checked messages (`prompt` is then the template's text)
 
     def update(self, text: str, tokens: int, **done) -> Update:
         return Update(text, tokens, time.perf_counter() - self.started, self.seed, warning=self.warning,
@@ -130,7 +132,25 @@ class Backend(ABC):
         max_time: seconds the run may take (prefill included); it then ends with finish_reason "time".
         record: keep a TokenRecord per shown token with this many candidates (the last update has them).
         logprobs: per token that many alternatives, OpenAI-shaped, in `logprobs_mode` (the last update)."""
-        req = self.request(prompt, settings, cancel, max_time, record, logprobs, logprobs_mode)
+        yield from self._run(self.request(prompt, settings, cancel, max_time, record, logprobs, logprobs_mode))
+
+    def stream_chat(self, messages: list[dict], settings: SamplingSettings, cancel: threading.Event | None = None,
+                    max_time: float | None = None, record: int = 0, logprobs: int = 0,
+                    logprobs_mode: str = "raw") -> Iterator[Update]:
+        """`stream` for OpenAI-shaped chat messages (nucleus/chat.py): the reply to the last one.
+        text_offset then counts from the start of the template's text (chat_prompt(...).text)."""
+        chat = self.chat_prompt(messages, settings.max_new_tokens)
+        req = self.request(chat.text, settings, cancel, max_time, record, logprobs, logprobs_mode, chat)
+        yield from self._run(req)
+
+    def chat_prompt(self, messages: list[dict], max_new_tokens: int):
+        """The conversation as the model will see it (a ChatPrompt); SettingsError for a base model or
+        bad messages. A backend whose engine applies the template itself overrides this."""
+        from .chat import render
+
+        return render(self.tokenizer, messages, self.context_length, max_new_tokens, self.name)
+
+    def _run(self, req: Request) -> Iterator[Update]:
         for update in self._generate(req):
             if update.done:      # the records serve the page (record) and the API's logprobs
                 from .tokenview import openai_logprobs
@@ -145,8 +165,9 @@ class Backend(ABC):
             yield update
 
     def request(self, prompt, settings, cancel=None, max_time=None, record=0, logprobs=0,
-                logprobs_mode="raw") -> Request:
-        """The checked Request: values validated, the prompt fitted, the seed drawn."""
+                logprobs_mode="raw", chat=None) -> Request:
+        """The checked Request: values validated, the prompt fitted, the seed drawn. `chat`: a
+        ChatPrompt whose text is `prompt` (its ids are used as they are; it fits the context)."""
         started = time.perf_counter()
         if not isinstance(prompt, str):
             raise SettingsError("prompt", f"expected text, got {type(prompt).__name__}")
@@ -156,13 +177,15 @@ class Backend(ABC):
         self.check(settings, logprobs, mode)
         from .tokenizer import encode_prompt
 
-        ids = encode_prompt(self.tokenizer, prompt)
+        ids = chat.ids if chat else encode_prompt(self.tokenizer, prompt)
         fit = fit_context(ids, settings.max_new_tokens, self.context_length, self.fit_slack)
         start = char_offset(self.tokenizer, prompt, fit.first_kept) if fit.first_kept > 1 else 0
         seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(2**31)
+        warning = " ".join(filter(None, [chat.warning if chat else None, fit.warning])) or None
         return Request(prompt[start:], fit.ids, settings.replace(max_new_tokens=fit.max_new_tokens), seed,
                        cancel or threading.Event(), None if max_time is None else time.monotonic() + max_time,
-                       started, record, logprobs, mode, fit.warning, start, len(prompt))
+                       started, record, logprobs, mode, warning, start, len(prompt),
+                       tuple(chat.messages) if chat else ())
 
 
 def generate(backend: Backend, prompt: str, settings: SamplingSettings, cancel: threading.Event | None = None,

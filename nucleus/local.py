@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from .backend import Backend, Request, Update, cut_at_stop
+from .backend import Backend, Request, Supports, Update, cut_at_stop
+from .chat import has_template
 from .decode import CompiledForward, DecodeLoop, EagerForward
 from .options import static_cache_mode
 from .tokenview import keep_shown, summarise
@@ -62,6 +63,10 @@ class LoadedModel(Backend):
     @property
     def weights(self) -> str:
         return self.quantization
+
+    @property
+    def supports(self) -> Supports:
+        return Supports(chat=has_template(self.tokenizer))     # everything else a local model always gives
 
     @property
     def nbytes(self) -> int:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import httpx
 
 from .backend import Backend, ModelLoadError, Request, Supports, Update, cut_at_stop
+from .chat import ChatPrompt, check_messages
 from .engine_logprobs import Collected
 from .options import ENGINE_CHOICES
 from .settings import SamplingSettings, SettingsError
@@ -67,7 +68,7 @@ class RemoteModel(Backend):
     @property
     def supports(self) -> Supports:
         listed = self.engine != "transformers"          # transformers serve returns no logprobs
-        return Supports(logprobs=listed, stages=False, processed_logprobs=False)
+        return Supports(logprobs=listed, stages=False, processed_logprobs=False, chat=True)
 
     @property
     def name(self) -> str:
@@ -96,18 +97,33 @@ class RemoteModel(Backend):
         super().check(settings, logprobs, logprobs_mode)
         request_body(self, "", settings, settings.seed or 0, logprobs)
 
+    def chat_prompt(self, messages: list[dict], max_new_tokens: int) -> ChatPrompt:
+        """The engine applies the served model's own template (its /chat/completions): here the
+        messages are only checked, and shown one per line. The engine says whether the model has a
+        template, and how long the conversation is; its refusal comes back as a RemoteError."""
+        messages = check_messages(messages)
+        shown = "\n".join(f"[{m['role']}] {m['content']}" for m in messages)
+        return ChatPrompt(shown, [self.tokenizer.bos_token_id], messages=tuple(messages))
+
     def _generate(self, req: Request) -> Iterator[Update]:
         s, asked = req.settings, max(req.record, req.logprobs) if self.supports.logprobs else 0
-        body = request_body(self, req.prompt, s, req.seed, asked)
+        body, url = request_body(self, req.prompt, s, req.seed, asked), f"{self.base_url}/completions"
+        if req.messages:         # chat: the engine's chat endpoint, which streams deltas of a message
+            if req.logprobs:
+                raise SettingsError("logprobs", f"Nucleus reads {self.describe_engine()}'s log-probabilities from "
+                                                "completions only; use generate with a prompt for them")
+            body = {**{k: v for k, v in request_body(self, "", s, req.seed, 0).items() if k != "prompt"},
+                    "messages": list(req.messages)}
+            url = f"{self.base_url}/chat/completions"
         text, tokens, reason, got = "", 0, None, Collected()
-        for chunk in events(f"{self.base_url}/completions", body, _headers(self.api_key), req.deadline):
+        for chunk in events(url, body, _headers(self.api_key), req.deadline):
             if chunk is None:                       # the engine is silent: look at Stop and the clock
                 reason = "cancelled" if req.cancel.is_set() else "time" if _late(req) else None
                 if reason:
                     break
                 continue
             choice = (chunk.get("choices") or [{}])[0]
-            piece = choice.get("text") or ""
+            piece = choice.get("text") or (choice.get("delta") or {}).get("content") or ""
             if piece:
                 text, tokens = text + piece, tokens + 1
             got.add(choice.get("logprobs"))

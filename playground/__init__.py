@@ -17,7 +17,7 @@ import gradio as gr
 
 import nucleus
 
-from . import handlers, layout, links, views
+from . import handlers, instruct, layout, links, views
 from .api import Api, argument
 from .session import Space
 from .zerogpu import gpu_lease, lease_seconds
@@ -57,6 +57,7 @@ def build_demo(catalog, chosen_by: str = "", fallback: str = "", max_seconds: fl
         _wire_settings(demo, ui, space)
         _wire_runs(ui, space)
         _wire_views(ui)
+        _wire_instruct(ui, space)
         _wire_compare(ui, space)
         _wire_links(demo, ui, space)
         _wire_api(space)
@@ -125,6 +126,29 @@ def _wire_views(ui) -> None:
     ui.tokens.select(handlers.inspect, [ui.last_run, ui.token_map], [ui.inspect_md, ui.inspect_table], **PRIVATE)
 
 
+def _wire_instruct(ui, space: Space) -> None:
+    buttons = [ui.send_btn, ui.chat_clear_btn]
+    ui.chat_preset.input(partial(instruct.choose_preset, space), ui.chat_preset,
+                         [ui.chat_preset_info, ui.system, ui.message] + ui.settings_inputs[:-1], api_visibility="private")
+    ui.model.change(partial(instruct.note, space), ui.model, ui.chat_note, **PRIVATE)
+    lease = functools.partial(_lease, space, instruct.send)
+    for trigger in (ui.send_btn.click, ui.message.submit):
+        trigger(partial(handlers.arm, space), ui.clock, ui.chat_status, js=NOW, **PRIVATE).success(
+            instruct.lock, None, buttons, **PRIVATE).then(
+            gpu_lease(partial(instruct.send, space), lease),
+            [ui.model, ui.system, ui.message, ui.conversation] + ui.settings_inputs,
+            [ui.chatbot, ui.chat_status, ui.chat_template, ui.conversation, ui.chat_last, ui.message],
+            **_queued(space), **RAW).then(
+            instruct.after_send, ui.chat_last, [ui.chat_tokens, ui.chat_map, ui.chat_inspect_md], **PRIVATE).then(
+            instruct.unlock, None, buttons, **PRIVATE)
+    ui.chat_stop_btn.click(partial(instruct.stop, space), ui.clock, [ui.chat_status, *buttons], js=NOW, **PRIVATE)
+    for trigger in (ui.chat_clear_btn.click, ui.chatbot.clear):     # the chatbot's own bin empties it too
+        trigger(instruct.clear, None, [ui.chatbot, ui.conversation, ui.chat_status, ui.chat_template, ui.chat_tokens,
+                                       ui.chat_last], **PRIVATE)
+    ui.chat_tokens.select(handlers.inspect, [ui.chat_last, ui.chat_map], [ui.chat_inspect_md, ui.chat_inspect_table],
+                          **PRIVATE)
+
+
 def _wire_compare(ui, space: Space) -> None:
     ui.compare_btn.click(partial(handlers.arm, space), ui.clock, ui.compare_status, js=NOW, **PRIVATE).success(
         gpu_lease(partial(handlers.compare, space), lambda *a, **k: 2 * space.max_seconds),
@@ -146,8 +170,9 @@ def _wire_api(space: Space) -> None:
     def lease(*args, **kwargs) -> int:
         return lease_seconds(argument(api.generate, "max_new_tokens", args, kwargs, 200), space.max_seconds)
 
-    gr.api(gpu_lease(api.generate, lease), api_name="generate", concurrency_id="generate",
-           concurrency_limit=space.concurrency)
+    for fn in (api.generate, api.chat):
+        gr.api(gpu_lease(fn, lease), api_name=fn.__name__, concurrency_id="generate",
+               concurrency_limit=space.concurrency)
     gr.api(api.presets, api_name="presets", queue=False)
     gr.api(api.models, api_name="models", queue=False)
 

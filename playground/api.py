@@ -3,6 +3,7 @@ defaults are SamplingSettings' own, validated by the same rules as the page and 
 
     /generate(prompt, temperature, top_p, top_k, min_p, repetition_penalty, no_repeat_ngram_size,
               max_new_tokens, stop, seed, model, logprobs, logprobs_mode)   # this positional order
+    /chat(messages, temperature, ..., seed, model, logprobs, logprobs_mode)  # the same, messages first
     /presets()   /models()
 """
 from __future__ import annotations
@@ -23,6 +24,8 @@ from .session import Space
 log = logging.getLogger("nucleus.space")
 API_UPDATE_SECONDS = 0.5     # /generate sends progress this often (and notices a dropped client)
 D = SamplingSettings()       # the defaults of every setting
+SETTING_NAMES = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "no_repeat_ngram_size",
+                 "max_new_tokens", "seed")
 
 
 class Api:
@@ -45,22 +48,42 @@ class Api:
         A generator underneath: between updates Gradio notices a client that went away, and closing
         this generator stops the run within one token."""
         try:
-            settings = SamplingSettings(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-                                        repetition_penalty=repetition_penalty,
-                                        no_repeat_ngram_size=no_repeat_ngram_size, max_new_tokens=max_new_tokens,
-                                        stop=stop or (), seed=seed)
-            lm = self.space.catalog.get(self.space.initial_label if model is None else model)
+            settings, lm, k, mode = self._checked(locals())
             text = handlers.check_prompt(prompt)
-            k, mode = check_logprobs(logprobs), check_logprobs_mode(logprobs_mode)
         except (SettingsError, nucleus.ModelLoadError) as e:
             raise handlers.refuse(str(e)) from None
         yield from self._stream(lm, text, settings, k, mode)
 
-    def _stream(self, lm, text, settings, k, mode):
-        sent, update, failed = 0.0, None, None
+    def chat(self, messages: list[dict], temperature: float = D.temperature, top_p: float = D.top_p,
+             top_k: int = D.top_k, min_p: float = D.min_p, repetition_penalty: float = D.repetition_penalty,
+             no_repeat_ngram_size: int = D.no_repeat_ngram_size, max_new_tokens: int = D.max_new_tokens,
+             stop: list[str] | None = None, seed: int | None = None, model: str | None = None,
+             logprobs: int = 0, logprobs_mode: str = "raw") -> dict:
+        """Reply to OpenAI-shaped `messages` ([{"role": "system" | "user" | "assistant", "content": text}],
+        ending with the user's) with a model that has a chat template; a base model refuses.
+        Returns what /generate returns, plus message = {"role": "assistant", "content": the reply}
+        and prompt = the template's text (text_offset counts from its start)."""
         try:
-            with contextlib.closing(lm.stream(text, settings, max_time=self.space.max_seconds, logprobs=k,
-                                              logprobs_mode=mode)) as updates:
+            settings, lm, k, mode = self._checked(locals())
+            prompt = lm.chat_prompt(messages, settings.max_new_tokens).text
+        except (SettingsError, nucleus.ModelLoadError) as e:
+            raise handlers.refuse(str(e)) from None
+        for out in self._stream(lm, messages, settings, k, mode, chat=True):
+            yield {**out, "message": {"role": "assistant", "content": out["text"].strip()}, "prompt": prompt}
+
+    def _checked(self, args: dict):
+        """(settings, backend, logprobs, logprobs_mode) from an endpoint's arguments; SettingsError
+        or ModelLoadError for a bad one."""
+        settings = SamplingSettings.from_dict({name: args[name] for name in SETTING_NAMES} | {"stop": args["stop"] or ()})
+        lm = self.space.catalog.get(self.space.initial_label if args["model"] is None else args["model"])
+        return settings, lm, check_logprobs(args["logprobs"]), check_logprobs_mode(args["logprobs_mode"])
+
+    def _stream(self, lm, text, settings, k, mode, chat=False):
+        sent, update, failed = 0.0, None, None
+        run = lm.stream_chat if chat else lm.stream
+        try:
+            with contextlib.closing(run(text, settings, max_time=self.space.max_seconds, logprobs=k,
+                                        logprobs_mode=mode)) as updates:
                 for update in updates:
                     if update.done or time.monotonic() - sent >= API_UPDATE_SECONDS:
                         sent = time.monotonic()
@@ -73,8 +96,8 @@ class Api:
             raise handlers.refuse(str(e)) from None
         finally:   # a dropped client closes this generator: closing the stream stopped the run
             if update is not None and failed is None:     # a failure was logged by refuse
-                log.info("api /generate: %s, %d tokens, %.1f tokens/s, %s", lm.name, update.tokens,
-                         update.tokens_per_second, update.finish_reason or "cancelled (client gone)")
+                log.info("api /%s: %s, %d tokens, %.1f tokens/s, %s", "chat" if chat else "generate", lm.name,
+                         update.tokens, update.tokens_per_second, update.finish_reason or "cancelled (client gone)")
 
     def presets(self) -> list[dict]:
         """Every preset: name, title, description, prompt and its settings."""

@@ -1,5 +1,5 @@
-"""The page's widgets, by where they sit: the Write tab, the Compare tab, the Share & code tab and the
-side panel of settings. `build` makes them inside the open gr.Blocks and returns them by name;
+"""The page's widgets, by where they sit: the Write tab, the Instruct tab, the Compare tab, the Share &
+code tab and the side panel of settings. `build` makes them inside the open gr.Blocks and returns them by name;
 playground/__init__.py wires them to the handlers. The elem_ids are what the browser tests use."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import gradio as gr
 
 from nucleus.settings import BOUNDS, MAX_SEED, MAX_STOP_STRINGS, format_stop_text
 
-from . import handlers, views
+from . import handlers, instruct, views
 from .session import Space
 
 CSS = "#output textarea { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; }"
@@ -43,6 +43,8 @@ def build(space: Space) -> SimpleNamespace:
             with gr.Tabs():
                 with gr.Tab("Write", id="write"):
                     _write_tab(ui, space, first)
+                with gr.Tab("Instruct", id="instruct"):
+                    _instruct_tab(ui, space)
                 with gr.Tab("Compare", id="compare"):
                     _compare_tab(ui, space)
                 with gr.Tab("Share & code", id="share"):
@@ -58,7 +60,8 @@ def build(space: Space) -> SimpleNamespace:
 
 def _write_tab(ui, space: Space, first) -> None:
     with gr.Row():
-        ui.preset = gr.Dropdown([(p.title, p.name) for p in space.presets.values()], value=first.name,
+        ui.preset = gr.Dropdown([(p.title, p.name) for p in space.presets.values() if p.kind == "completion"],
+                                value=first.name,
                                 label="Preset", elem_id="preset", scale=3)
         ui.preset_reset = gr.Button("↺ Preset settings", size="sm", elem_id="preset-reset", scale=1)
     ui.preset_info = gr.Markdown(first.description)
@@ -83,6 +86,36 @@ def _write_tab(ui, space: Space, first) -> None:
         ui.inspect_md = gr.Markdown("Run, then select a token above.", elem_id="inspect-summary")
         ui.inspect_table = gr.Dataframe(headers=views.INSPECTOR_HEADERS, datatype=["str"] + ["number"] * 4 + ["str"],
                                         interactive=False, elem_id="inspect-table")
+
+
+def _instruct_tab(ui, space: Space) -> None:
+    chat = [p for p in space.presets.values() if p.kind == "chat"]
+    ui.chat_note = gr.Markdown(instruct.note(space, space.initial_label), elem_id="chat-note")
+    ui.chat_preset = gr.Dropdown([(p.title, p.name) for p in chat], value=chat[0].name if chat else None,
+                                 label="Preset", elem_id="chat-preset")
+    ui.chat_preset_info = gr.Markdown(chat[0].description if chat else "")
+    ui.system = gr.Textbox(chat[0].system if chat else "", lines=2, max_lines=6, label="System prompt",
+                           placeholder="optional", elem_id="system")
+    ui.chatbot = gr.Chatbot([], label="Conversation", elem_id="chatbot", height=320, buttons=["copy"])
+    ui.message = gr.Textbox(chat[0].prompt if chat else "", lines=2, max_lines=10, label="Message",
+                            elem_id="message")
+    with gr.Row():
+        ui.send_btn = gr.Button("Send", variant="primary", elem_id="send", min_width=96)
+        ui.chat_stop_btn = gr.Button("Stop", variant="stop", elem_id="chat-stop", min_width=96)
+        ui.chat_clear_btn = gr.Button("New conversation", elem_id="chat-clear", min_width=96)
+    ui.chat_status = gr.Markdown("", elem_id="chat-status")
+    ui.chat_tokens = gr.HighlightedText([], label="The reply's tokens (colour: the model's probability; select one "
+                                        "to inspect it)", color_map=views.BUCKET_COLORS, show_legend=True,
+                                        combine_adjacent=False, elem_id="chat-tokens", interactive=False)
+    ui.chat_inspect_md = gr.Markdown("Send, then select a token of the reply.", elem_id="chat-inspect-summary")
+    ui.chat_inspect_table = gr.Dataframe(headers=views.INSPECTOR_HEADERS, datatype=["str"] + ["number"] * 4 + ["str"],
+                                         interactive=False, elem_id="chat-inspect-table")
+    with gr.Accordion("The template applied: what the model read", open=False, elem_id="chat-template-box"):
+        ui.chat_template = gr.Textbox("", lines=6, max_lines=20, show_label=False, interactive=False,
+                                      elem_id="chat-template", buttons=["copy"])
+    ui.conversation = gr.State([])     # OpenAI-shaped messages of this visitor's conversation
+    ui.chat_last = gr.State(None)      # the last finished reply: records and settings, for the inspector
+    ui.chat_map = gr.State([])         # token entry -> record index
 
 
 def _compare_tab(ui, space: Space) -> None:

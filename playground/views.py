@@ -73,6 +73,16 @@ def md_literal(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+CODE = re.compile(r"(```[\s\S]*?(?:```|$)|`[^`\n]*`)")     # fenced blocks (to the end if open), inline spans
+
+
+def chat_literal(text: str) -> str:
+    """A reply for the chatbot's Markdown: markup outside code shows as typed (md_literal); code
+    blocks and spans stay as they are, since Markdown shows their text literally already (and
+    would show an escaped "&lt;" there as typed)."""
+    return "".join(part if i % 2 else md_literal(part) for i, part in enumerate(CODE.split(text)))
+
+
 def code_span(text: str) -> str:
     """A Markdown code span that shows `text` literally, whatever backticks it holds."""
     fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)

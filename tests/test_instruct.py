@@ -6,10 +6,13 @@ import sys
 
 import pytest
 import torch
+from gradio_client import Client
+from gradio_client.exceptions import AppError
 
 import nucleus
 from conftest import ROOT
 from nucleus.tokenizer import load_tokenizer
+from serve import running_app
 from train import chat
 
 NANO = ROOT / "models" / "nucleus-nano"
@@ -108,6 +111,16 @@ def test_instruct_runs_from_a_local_openorca_file_and_exports_the_template(tmp_p
     lm = nucleus.load(final, device="cpu")
     text = lm.tokenizer.apply_chat_template([{"role": "user", "content": "Hi?"}], tokenize=False)
     assert text == "<s>[INST] Hi? [/INST]"
+    # the Space serving the checkpoint answers /chat; the bundled base model, in the same Space, refuses
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 5 plus 5?"}]
+    with running_app(final) as url:
+        client = Client(url, verbose=False)
+        got = client.predict(messages, temperature=0, max_new_tokens=8, api_name="/chat")
+        assert got["prompt"] == "<s>[INST] Be brief.\n\nWhat is 5 plus 5? [/INST]" and got["model"] == "run/final"
+        assert got["message"] == {"role": "assistant", "content": got["text"].strip()}
+        assert got["finish_reason"] in ("eos", "length") and 0 < got["tokens"] <= 8
+        with pytest.raises(AppError, match="nucleus-nano is a base model with no chat template"):
+            client.predict(messages, model="nucleus-nano", api_name="/chat")
 
 
 def test_instruct_without_a_starting_model_or_with_a_plain_text_file_says_so(tmp_path):

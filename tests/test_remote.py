@@ -24,8 +24,8 @@ TRANSFORMERS_CLI = os.path.join(os.path.dirname(sys.executable), "transformers")
 class Engine:
     """`transformers serve` in a subprocess that the tests can kill and start again on the same port."""
 
-    def __init__(self):
-        self.port, self.proc = free_port(), None
+    def __init__(self, model=BUNDLED_MODEL):
+        self.port, self.proc, self.model = free_port(), None, model
 
     @property
     def url(self):
@@ -34,7 +34,7 @@ class Engine:
     def start(self, timeout=180):
         self.log = open(f"/tmp/transformers-serve-{self.port}.log", "w")
         self.proc = subprocess.Popen([TRANSFORMERS_CLI, "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                                      str(BUNDLED_MODEL)], stdout=self.log, stderr=subprocess.STDOUT,
+                                      str(self.model)], stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.time() + timeout
         while True:                     # up once /v1/models lists the preloaded model
@@ -144,3 +144,31 @@ def test_the_space_on_the_engine_and_an_engine_that_dies(engine, bf16_nano):
         engine.start()                                            # back: the Space serves again
         again = client.predict(PROMPT, temperature=0, max_new_tokens=16, api_name="/generate")
         assert again["text"] == out["text"]
+
+
+def test_chat_goes_to_the_engines_chat_endpoint(engine, tmp_path):
+    """Messages go to /v1/chat/completions, where the engine applies the model's own template: the
+    greedy reply equals the local chat of the same checkpoint; a base model's engine says why not."""
+    import shutil
+
+    from train.chat import CHAT_TEMPLATE
+
+    folder = tmp_path / "nano-chat"
+    shutil.copytree(BUNDLED_MODEL, folder)
+    tok = nucleus.tokenizer.load_tokenizer(folder)
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(folder)
+    messages = [{"role": "user", "content": "Tell me about bread."}]
+    s = SamplingSettings(temperature=0, max_new_tokens=16)
+    chat_engine = Engine(folder)
+    chat_engine.start()
+    try:
+        rm = connect(chat_engine.url)
+        assert rm.supports.chat
+        *_, remote = rm.stream_chat(messages, s)
+    finally:
+        chat_engine.kill()
+    local = list(nucleus.load(folder, device="cpu", dtype="bfloat16").stream_chat(messages, s))[-1]
+    assert remote.tokens == 16 and after_join(local.text, remote.text), (local.text, remote.text)
+    with pytest.raises(nucleus.remote.RemoteError):     # the engine's own refusal, as a sentence
+        list(connect(engine.url).stream_chat(messages, s))
