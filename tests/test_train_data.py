@@ -204,3 +204,18 @@ print(len(D.PackedBlocks.from_cache(folder, "train", 16)))
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.split()[-1]) > 0
+
+
+def test_dataset_files_choose_files_of_a_hub_dataset(tmp_path, tok, monkeypatch):
+    """dataset_files (the OpenOrca GPT-4 file, the Python folder of the-stack-smol) reaches load_dataset
+    as data_files; without it nothing is passed."""
+    from datasets import Dataset
+    asked = []
+
+    def fake(name, config, split, streaming, **kw):
+        asked.append(kw)
+        return Dataset.from_dict({"text": [story(i) for i in range(20)]})
+    monkeypatch.setattr(D, "_load_datasets", lambda: fake)
+    cache_of(tmp_path, tok, "someone/code", data_files="data/python/*", validation_fraction=0.0)
+    cache_of(tmp_path / "b", tok, "someone/code", validation_fraction=0.0)
+    assert asked == [{"data_files": "data/python/*"}, {}]

@@ -121,7 +121,7 @@ def load_examples(cfg, tokenizer, fields: Fields, say=print):
     """(train, held-out or None, meta) from cfg.dataset (a Hub id or local JSON lines), the
     held-out share chosen by a hash of each example's text, as the other stages do."""
     spec = D.DataSpec(cfg.dataset, fields.question, cfg.split, cfg.dataset_config, cfg.validation_split,
-                      cfg.validation_fraction, cfg.max_documents, cfg.streaming, None)
+                      cfg.validation_fraction, cfg.max_documents, cfg.streaming, None, cfg.dataset_files)
     splits = D.local_splits(cfg.dataset) if Path(cfg.dataset).exists() else None
     ds, where = D._load_local(spec, cfg.split, splits) if splits is not None else D._load_hub(spec, cfg.split)
     tokenizer.chat_template = CHAT_TEMPLATE

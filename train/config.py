@@ -31,6 +31,7 @@ class TrainConfig:
     text_field: str = "text"
     split: str = "train"
     dataset_config: str | None = None
+    dataset_files: str | None = None      # Hub dataset: only these files (path or glob inside it)
     validation_split: str | None = None   # a split of the dataset to hold out, else a fraction
     validation_fraction: float = 0.01     # 0 <= f < 1; chosen by a hash of each document's text
     document_separator: str | None = None  # split texts on this (TinyStories' .txt: "<|endoftext|>")
@@ -177,6 +178,7 @@ HELP: dict[str, str] = {
     "text_field": "the column holding the text",
     "split": "the split to train on",
     "dataset_config": "the dataset's configuration name, when it has several (e.g. 20231101.fa)",
+    "dataset_files": "a Hub dataset's files to read, a path or glob inside it (e.g. 1M-GPT4-Augmented.parquet)",
     "validation_split": "a split of the dataset to hold out; else --validation-fraction of the documents",
     "validation_fraction": "share of documents held out (0 <= f < 1), chosen by a hash of each text",
     "document_separator": "split each text on this string (TinyStories' .txt files: <|endoftext|>)",

@@ -45,6 +45,7 @@ class DataSpec:
     max_documents: int | None = None     # cap per split, for quick runs
     streaming: bool = False              # stream large Hub datasets instead of downloading all
     document_separator: str | None = None  # one record holds several documents split by this
+    data_files: str | None = None        # Hub dataset: only these files (a path or glob inside it)
 
 
 # ---- which files: local sources and their splits ------------------------------------------
@@ -165,7 +166,8 @@ def _load_hub(spec: DataSpec, split: str):
                         "network, set HF_HUB_OFFLINE=1 to use a copy in the local cache, "
                         "or set dataset to a local folder")
     try:
-        return _load_datasets()(spec.source, spec.config_name, split=split, streaming=spec.streaming), where
+        files = {"data_files": spec.data_files} if spec.data_files else {}
+        return _load_datasets()(spec.source, spec.config_name, split=split, streaming=spec.streaming, **files), where
     except DataError:
         raise
     except ConnectionError:

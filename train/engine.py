@@ -80,7 +80,8 @@ def _mixed_precision(cfg: TrainConfig) -> str:
 
 def load_data(cfg: TrainConfig, tokenizer, acc: Accelerator) -> Data:
     spec = D.DataSpec(cfg.dataset, cfg.text_field, cfg.split, cfg.dataset_config, cfg.validation_split,
-                      cfg.validation_fraction, cfg.max_documents, cfg.streaming, cfg.document_separator)
+                      cfg.validation_fraction, cfg.max_documents, cfg.streaming, cfg.document_separator,
+                      cfg.dataset_files)
     with acc.main_process_first():                     # the main process tokenises, the others reuse
         cache = D.tokenize_to_cache(spec, tokenizer, cfg.cache_dir, say=acc.print)
     meta = json.loads((cache / "meta.json").read_text())

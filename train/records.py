@@ -133,8 +133,14 @@ def write_samples(model, tokenizer, cfg, step: int, out: Path, echo) -> None:
             p = presets[name]
             settings = p.settings.replace(seed=cfg.seed, stop=[],
                                           max_new_tokens=min(cfg.sample_tokens, cfg.seq_len // 2))
-            text = generate(lm, p.prompt, settings).text
-            lines.append(f"--- {name}: {p.prompt + text!r}")
+            if p.kind == "chat":        # through the chat template (the instruct stage has one)
+                if not lm.supports.chat:
+                    continue
+                prompt = lm.chat_prompt(p.messages(), settings.max_new_tokens).text
+                text = list(lm.stream_chat(p.messages(), settings))[-1].text
+            else:
+                prompt, text = p.prompt, generate(lm, p.prompt, settings).text
+            lines.append(f"--- {name}: {prompt + text!r}")
     finally:
         model.config.use_cache = use_cache
         model.train(was_training)
