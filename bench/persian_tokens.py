@@ -2,6 +2,7 @@
 
     python -m bench.persian_tokens                                  # /usr/share/locale/fa/LC_MESSAGES/*.mo
     python -m bench.persian_tokens --mo-dir DIR --tokenizer models/nucleus-nano --json out.json
+    python -m bench.persian_tokens --extend 4000      # also: the tokenizer extended on half, measured on the rest
 
 Real text that no one here wrote, in both languages at once: the gettext catalogues (.mo) that
 Debian packages ship hold each English message (msgid) beside its Persian translation (msgstr),
@@ -72,7 +73,22 @@ def study(mo_dir: Path, tokenizer) -> dict:
         english += [e for e, _ in found]
         persian += [f for _, f in found]
         sources.append({"file": mo.name, "package": package_of(mo), "messages": len(found)})
-    return {"english": count(english, tokenizer), "persian": count(persian, tokenizer), "sources": sources}
+    return {"english": count(english, tokenizer), "persian": count(persian, tokenizer), "sources": sources,
+            "texts": (english, persian)}
+
+
+def extension(result: dict, english: list[str], persian: list[str], tokenizer, pieces: int) -> dict:
+    """train/extend_tokenizer.py's tokenizer trained on every other Persian message, counted on the
+    others (held out) against the base; and whether any English message is split differently."""
+    from train.extend_tokenizer import extended_tokenizer
+
+    train, held = persian[::2], persian[1::2]
+    extended, added, _ = extended_tokenizer(tokenizer, train, pieces)
+    changed = sum(tokenizer(e)["input_ids"] != extended(e)["input_ids"] for e in english)
+    return {"pieces_trained": pieces, "pieces_added": len(added), "trained_on": len(train),
+            "held_out_base": count(held, tokenizer), "held_out_extended": count(held, extended),
+            "english_messages_split_differently": changed, "round_trip_failures":
+                sum(extended.decode(extended(t, add_special_tokens=False)["input_ids"]) != t for t in held)}
 
 
 def table(result: dict) -> str:
@@ -93,6 +109,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--mo-dir", type=Path, default=Path("/usr/share/locale/fa/LC_MESSAGES"))
     ap.add_argument("--tokenizer", default="models/nucleus-nano", help="a folder with the tokenizer (Mistral's 32k)")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--extend", type=int, default=0, metavar="PIECES",
+                    help="also extend the tokenizer with a PIECES-piece Persian model trained on half the messages")
     args = ap.parse_args(argv)
     from nucleus.loading import bundled_path
     from nucleus.tokenizer import load_tokenizer
@@ -101,6 +119,16 @@ def main(argv=None) -> dict:
     result = study(args.mo_dir, tokenizer)
     print(table(result))
     print("\nsources: " + ", ".join(f"{s['file']} ({s['package']}, {s['messages']})" for s in result["sources"]))
+    english, persian = result.pop("texts")
+    if args.extend:
+        ext = result["extension"] = extension(result, english, persian, tokenizer, args.extend)
+        b, x = ext["held_out_base"], ext["held_out_extended"]
+        print(f"\nextended with {ext['pieces_added']:,} Persian pieces (trained on {ext['trained_on']:,} messages); on "
+              f"the other {b['messages']:,}: tokens per character {b['tokens_per_character']:.3f} -> "
+              f"{x['tokens_per_character']:.3f}, per word {b['tokens_per_word']:.2f} -> {x['tokens_per_word']:.2f}, "
+              f"byte fallback {b['byte_fallback_share']:.1%} -> {x['byte_fallback_share']:.1%}; English messages split "
+              f"differently: {ext['english_messages_split_differently']}; round-trip failures: "
+              f"{ext['round_trip_failures']}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return result

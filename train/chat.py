@@ -21,7 +21,6 @@ itself. The rest of a block is padding, with labels -100.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,8 +121,7 @@ def load_examples(cfg, tokenizer, fields: Fields, say=print):
     held-out share chosen by a hash of each example's text, as the other stages do."""
     spec = D.DataSpec(cfg.dataset, fields.question, cfg.split, cfg.dataset_config, cfg.validation_split,
                       cfg.validation_fraction, cfg.max_documents, cfg.streaming, None, cfg.dataset_files)
-    splits = D.local_splits(cfg.dataset) if Path(cfg.dataset).exists() else None
-    ds, where = D._load_local(spec, cfg.split, splits) if splits is not None else D._load_hub(spec, cfg.split)
+    ds, where = D.load_records(spec, cfg.split)
     tokenizer.chat_template = CHAT_TEMPLATE
     train, val, stats = [], [], {"examples": 0, "cut": 0, "dropped": 0}
     for record in ds:

@@ -177,6 +177,18 @@ def _load_hub(spec: DataSpec, split: str):
         raise DataError(f"{where}: {str(e).strip().splitlines()[0]}") from None
 
 
+def load_records(spec: DataSpec, split: str):
+    """(the records of one split, a label for messages): local files or the Hub, as for training."""
+    splits = local_splits(spec.source) if _list_files(spec.source) else None
+    return _load_local(spec, split, splits) if splits is not None else _load_hub(spec, split)
+
+
+def documents(spec: DataSpec, split: str = "train"):
+    """The non-empty documents of one split, as training reads them (see _documents)."""
+    splits = local_splits(spec.source) if _list_files(spec.source) else None
+    yield from _documents(spec, split, {}, splits)
+
+
 def _documents(spec: DataSpec, split: str, stats: dict, splits: dict[str, list[Path]] | None):
     """Yield the non-empty documents of a split (of the local `splits`, else of the Hub dataset), up
     to max_documents. Records with no text (null) are skipped and counted in
