@@ -5,6 +5,7 @@
     python -m nucleus generate --preset story --logprobs 5 --logprobs-mode processed
     python -m nucleus chat --model runs/instruct/final --system "Be brief." --message "Why is the sky blue?"
     python -m nucleus chat --model runs/instruct/final          # a conversation: one message per line on stdin
+    python -m nucleus score --text "### Recipe: Soup\n### Ingredients\n"     # each token's rank and logprob
     python -m nucleus presets
     python -m nucleus info [--model PATH_OR_HUB_ID]
 
@@ -53,6 +54,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      "from stdin is a message and the conversation goes on until end of input")
     c.add_argument("--preset", help="start from a chat preset's system prompt, message and settings")
     _run_flags(c)
+    sc = sub.add_parser("score", help="score a text: each token's log-probability and rank, and the perplexity")
+    add_model_flags(sc)
+    sc.add_argument("--text", help="the text (backslash escapes honoured); or --file")
+    sc.add_argument("--file", help="a UTF-8 text file to score")
+    sc.add_argument("--top", type=int, default=5, help="alternatives per token, 0-20 (default 5)")
+    sc.add_argument("--json", action="store_true", help="print the whole result as JSON (the API's /score shape)")
     sub.add_parser("presets", help="list the presets").add_argument("--json", action="store_true")
     add_model_flags(sub.add_parser("info", help="which model would be served, its size, device and dtype"))
     args = p.parse_args(argv)
@@ -116,6 +123,32 @@ def _info(args) -> int:
     print(f"model:   {source}\nchosen:  by {why}\nfolder:  {facts['path']}\n"
           f"size:    {size}\ndevice:  {facts['device']}\n"
           f"dtype:   {facts['dtype']}\nweights: {weights}\ncontext: {facts['context']}")
+    return 0
+
+
+def _score(args) -> int:
+    """One line per token (rank, log-probability, text), then the perplexity; or JSON."""
+    from pathlib import Path
+
+    from .loading import load, resolve_model
+    from .remote import connect
+
+    if (args.text is None) == (args.file is None):
+        raise SettingsError("text", "give --text TEXT or --file PATH")
+    try:
+        text = unescape(args.text) if args.text is not None else Path(args.file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise SettingsError("file", f"cannot read {args.file}: {e}") from None
+    backend = (connect(args.backend, args.backend_engine, model=args.model) if args.backend
+               else load(resolve_model(args.model)[0], args.device, args.dtype, args.quantize))
+    result = backend.score(text, args.top)
+    if args.json:
+        print(json.dumps({**result.to_dict(), "model": backend.name}, ensure_ascii=False))
+        return 0
+    for token, logprob, rank in zip(result.tokens, result.token_logprobs, result.ranks):
+        print(f"{rank:>6} {logprob:9.4f} {json.dumps(token, ensure_ascii=False)}")
+    print(f"[perplexity {result.perplexity:.4f} | {_plural(len(result.tokens), 'token')}]"
+          + (f"\n[warning] {result.warning}" if result.warning else ""), file=sys.stderr)
     return 0
 
 
@@ -243,7 +276,7 @@ def main(argv=None) -> int:
     from .backend import ModelLoadError
 
     try:
-        return {"presets": _presets, "info": _info, "generate": _generate, "chat": _chat}[args.command](args)
+        return {"presets": _presets, "info": _info, "generate": _generate, "chat": _chat, "score": _score}[args.command](args)
     except (ModelLoadError, SettingsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

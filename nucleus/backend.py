@@ -150,6 +150,17 @@ class Backend(ABC):
 
         return render(self.tokenizer, messages, self.context_length, max_new_tokens, self.name)
 
+    def score(self, text: str, top: int = 5):
+        """Every token of `text` with its log-probability, rank and alternatives (nucleus/score.py's
+        Scored); SettingsError where this backend cannot."""
+        raise SettingsError("text", f"{self.describe_engine()} cannot score text here: Nucleus scores with local "
+                                    "weights only so far (serve the model in this process to score)")
+
+    def logit_lens(self, text: str, position: int, top: int = 5) -> dict:
+        """What each layer would predict for one token of `text` (nucleus/score.py)."""
+        raise SettingsError("position", f"{self.describe_engine()} does not show its layers: the logit lens needs "
+                                        "the weights in this process")
+
     def _run(self, req: Request) -> Iterator[Update]:
         for update in self._generate(req):
             if update.done:      # the records serve the page (record) and the API's logprobs

@@ -83,6 +83,17 @@ class LoadedModel(Backend):
         return (f"{self.name}: {self.n_params / 1e6:,.1f}M parameters, {weights} "
                 f"on {self.device.type}, context {self.context_length} tokens")
 
+    # ---- instruments ----------------------------------------------------------------------------
+    def score(self, text: str, top: int = 5):
+        from .score import score
+
+        return score(self.model, self.tokenizer, text, top, self.context_length)
+
+    def logit_lens(self, text: str, position: int, top: int = 5) -> dict:
+        from .score import logit_lens
+
+        return logit_lens(self.model, self.tokenizer, text, position, top)
+
     # ---- the forward ----------------------------------------------------------------------------
     def static_cache(self) -> bool:
         """Whether runs use the static cache (NUCLEUS_STATIC_CACHE: auto, on, off). auto = on a CUDA

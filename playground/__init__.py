@@ -17,7 +17,7 @@ import gradio as gr
 
 import nucleus
 
-from . import handlers, instruct, layout, links, views
+from . import handlers, instruct, layout, links, scoring, views
 from .api import Api, argument
 from .session import Space
 from .zerogpu import gpu_lease, lease_seconds
@@ -58,6 +58,7 @@ def build_demo(catalog, chosen_by: str = "", fallback: str = "", max_seconds: fl
         _wire_runs(ui, space)
         _wire_views(ui)
         _wire_instruct(ui, space)
+        _wire_score(ui, space)
         _wire_compare(ui, space)
         _wire_links(demo, ui, space)
         _wire_api(space)
@@ -149,6 +150,14 @@ def _wire_instruct(ui, space: Space) -> None:
                           **PRIVATE)
 
 
+def _wire_score(ui, space: Space) -> None:
+    ui.score_btn.click(gpu_lease(partial(scoring.score_text, space), lambda *a, **k: space.max_seconds),
+                       [ui.model, ui.score_text], [ui.score_tokens, ui.score_summary, ui.score_surprising, ui.scored],
+                       **_queued(space), **RAW)
+    ui.score_tokens.select(gpu_lease(partial(scoring.lens, space), lambda *a, **k: space.max_seconds), ui.scored,
+                           [ui.lens_md, ui.lens_table], **_queued(space))
+
+
 def _wire_compare(ui, space: Space) -> None:
     ui.compare_btn.click(partial(handlers.arm, space), ui.clock, ui.compare_status, js=NOW, **PRIVATE).success(
         gpu_lease(partial(handlers.compare, space), lambda *a, **k: 2 * space.max_seconds),
@@ -173,6 +182,8 @@ def _wire_api(space: Space) -> None:
     for fn in (api.generate, api.chat):
         gr.api(gpu_lease(fn, lease), api_name=fn.__name__, concurrency_id="generate",
                concurrency_limit=space.concurrency)
+    gr.api(gpu_lease(api.score, lambda *a, **k: space.max_seconds), api_name="score", concurrency_id="generate",
+           concurrency_limit=space.concurrency)
     gr.api(api.presets, api_name="presets", queue=False)
     gr.api(api.models, api_name="models", queue=False)
 

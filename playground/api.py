@@ -4,6 +4,7 @@ defaults are SamplingSettings' own, validated by the same rules as the page and 
     /generate(prompt, temperature, top_p, top_k, min_p, repetition_penalty, no_repeat_ngram_size,
               max_new_tokens, stop, seed, model, logprobs, logprobs_mode)   # this positional order
     /chat(messages, temperature, ..., seed, model, logprobs, logprobs_mode)  # the same, messages first
+    /score(text, top, model)       # every token's log-probability, rank and alternatives; the perplexity
     /presets()   /models()
 """
 from __future__ import annotations
@@ -98,6 +99,19 @@ class Api:
             if update is not None and failed is None:     # a failure was logged by refuse
                 log.info("api /%s: %s, %d tokens, %.1f tokens/s, %s", "chat" if chat else "generate", lm.name,
                          update.tokens, update.tokens_per_second, update.finish_reason or "cancelled (client gone)")
+
+    def score(self, text: str, top: int = 5, model: str | None = None) -> dict:
+        """Score `text` with the model: per token (after <s>) its log-probability, its rank in the model's
+        distribution (1 = the most likely) and the `top` (0-20) most likely tokens there. Returns
+        {tokens, token_ids, token_logprobs, ranks, top_logprobs, text_offset, perplexity, prompt_start,
+        warning, surprising, model}; natural logs of the model's own (raw) distribution; a text longer
+        than the context is scored by its last tokens (warning, prompt_start)."""
+        try:
+            lm = self.space.catalog.get(self.space.initial_label if model is None else model)
+            result = lm.score(handlers.check_prompt(text, "text"), top)
+        except (SettingsError, nucleus.ModelLoadError) as e:
+            raise handlers.refuse(str(e)) from None
+        return {**result.to_dict(), "model": lm.name}
 
     def presets(self) -> list[dict]:
         """Every preset: name, title, description, prompt and its settings."""

@@ -52,11 +52,11 @@ def settings_from_ui(temperature, top_p, top_k, min_p, repetition_penalty, no_re
         raise refuse(str(e)) from None
 
 
-def check_prompt(prompt) -> str:
+def check_prompt(prompt, field: str = "prompt") -> str:
     if not isinstance(prompt, str):
-        raise refuse(f"prompt: expected text, got {type(prompt).__name__}")
+        raise refuse(f"{field}: expected text, got {type(prompt).__name__}")
     if len(prompt) > MAX_PROMPT_CHARS:
-        raise refuse(f"prompt: {len(prompt):,} characters; at most {MAX_PROMPT_CHARS:,} are accepted")
+        raise refuse(f"{field}: {len(prompt):,} characters; at most {MAX_PROMPT_CHARS:,} are accepted")
     return prompt
 
 

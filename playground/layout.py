@@ -10,7 +10,7 @@ import gradio as gr
 
 from nucleus.settings import BOUNDS, MAX_SEED, MAX_STOP_STRINGS, format_stop_text
 
-from . import handlers, instruct, views
+from . import handlers, instruct, scoring, views
 from .session import Space
 
 CSS = "#output textarea { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; }"
@@ -45,6 +45,8 @@ def build(space: Space) -> SimpleNamespace:
                     _write_tab(ui, space, first)
                 with gr.Tab("Instruct", id="instruct"):
                     _instruct_tab(ui, space)
+                with gr.Tab("Score", id="score"):
+                    _score_tab(ui)
                 with gr.Tab("Compare", id="compare"):
                     _compare_tab(ui, space)
                 with gr.Tab("Share & code", id="share"):
@@ -116,6 +118,24 @@ def _instruct_tab(ui, space: Space) -> None:
     ui.conversation = gr.State([])     # OpenAI-shaped messages of this visitor's conversation
     ui.chat_last = gr.State(None)      # the last finished reply: records and settings, for the inspector
     ui.chat_map = gr.State([])         # token entry -> record index
+
+
+def _score_tab(ui) -> None:
+    gr.Markdown("Any text, scored by the model token by token: how likely it found each token and where it "
+                "ranked it. Select a token for the logit lens: what each layer would have predicted there.")
+    ui.score_text = gr.Textbox(scoring.SAMPLE, lines=6, max_lines=20, label="Text to score", elem_id="score-text")
+    ui.score_btn = gr.Button("Score", variant="primary", elem_id="score-run")
+    ui.score_summary = gr.Markdown("", elem_id="score-summary")
+    ui.score_tokens = gr.HighlightedText([], label="The text, coloured by the rank the model gave each token",
+                                         color_map=scoring.RANK_COLORS, show_legend=True, combine_adjacent=False,
+                                         elem_id="score-tokens", interactive=False)
+    ui.score_surprising = gr.Dataframe(headers=["token", "model %", "rank", "the model expected"],
+                                       datatype=["str", "number", "number", "str"], interactive=False,
+                                       label="The most surprising tokens", elem_id="score-surprising")
+    ui.lens_md = gr.Markdown("", elem_id="lens-summary")
+    ui.lens_table = gr.Dataframe(headers=scoring.LENS_HEADERS, datatype=["number", "number", "number", "str"],
+                                 interactive=False, elem_id="lens-table")
+    ui.scored = gr.State(None)         # the last scored text of this visitor (for the lens)
 
 
 def _compare_tab(ui, space: Space) -> None:
