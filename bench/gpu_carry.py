@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from train import blocks as B
 from train import data as D
 from train.config import TrainConfig
 
@@ -36,7 +37,7 @@ NANO_TOKENIZER = ROOT / "models/nucleus-nano"
 
 # ---- scoring on a held-out split ------------------------------------------------------------------
 @torch.no_grad()
-def heldout_ppl(path: Path, blocks: D.PackedBlocks, device, batch: int = 16) -> dict:
+def heldout_ppl(path: Path, blocks: B.PackedBlocks, device, batch: int = 16) -> dict:
     """Perplexity over every full block of a held-out split: the weights as stored (bf16), computed in
     fp32, the mean of equal-length blocks' losses (the committed card's method)."""
     from transformers import AutoModelForCausalLM
@@ -78,7 +79,7 @@ def committed_reference(tokens: Path, seq_len: int, device) -> dict:
     out = {}
     for name in ("nucleus-nano", "nucleus-nano-stage1"):
         for stage in ("stage1", "stage2"):
-            blocks = D.PackedBlocks.from_cache(tokens / stage, "val", seq_len)
+            blocks = B.PackedBlocks.from_cache(tokens / stage, "val", seq_len)
             out[f"{name} on {stage}"] = heldout_ppl(ROOT / "models" / name, blocks, device)
         out[f"{name} on passages"] = passages_ppl(ROOT / "models" / name, device)
     return out

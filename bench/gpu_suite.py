@@ -51,7 +51,7 @@ import torch  # noqa: E402
 from bench.gpu_carry import (CARRY, NANO_TOKENIZER, committed_reference, heldout_ppl,  # noqa: E402
                              passages_ppl, prepare_carry)
 from nucleus import architecture  # noqa: E402
-from train import data as D  # noqa: E402
+from train import blocks as B  # noqa: E402
 from train import engine  # noqa: E402
 from train.engine import Data, TrainConfig, flops_per_token, peak_flops, run  # noqa: E402
 from train.records import NoRecords, RunRecords  # noqa: E402
@@ -211,7 +211,7 @@ def part_train(s: Suite, budget_s: float, steps: int, only: list[str] | None = N
             levers = {} if name == "b_3090_as_is" else {**plain, **overrides}
             c = TrainConfig.load(ROOT / "train/configs/rtx3090-pretrain.yaml", **{**base, **levers})
             cap = Capture()
-            r = run(c, Data(D.RandomBlocks(2**20, c.seq_len, architecture.VOCAB_SIZE, c.seed), None, {}), cap)
+            r = run(c, Data(B.RandomBlocks(2**20, c.seq_len, architecture.VOCAB_SIZE, c.seed), None, {}), cap)
             step_s = [r["step_tokens"] / float(row["tok_per_s"]) for row in cap.rows]
             tps = median_tokens_per_second(step_s, r["step_tokens"], skip)
             row = {"part": "train", "case": name, "overrides": overrides, **figures(tps, r["peak_mem_gib"]),
@@ -259,8 +259,8 @@ def nano_stage(s: Suite, stage: str, yaml: str, tokens: Path, work: Path, budget
     common = dict(tokenizer=tokenizer_dir(), overwrite=True, dataset=str(tokens / stage),
                   **({"init": init} if init else {}), **shape)
     cfg0 = TrainConfig.load(ROOT / "train/configs" / yaml, **common)
-    train = D.PackedBlocks.from_cache(tokens / stage, "train", cfg0.seq_len)
-    val = D.PackedBlocks.from_cache(tokens / stage, "val", cfg0.seq_len)
+    train = B.PackedBlocks.from_cache(tokens / stage, "train", cfg0.seq_len)
+    val = B.PackedBlocks.from_cache(tokens / stage, "val", cfg0.seq_len)
     meta = json.loads((tokens / stage / "meta.json").read_text())
 
     probe_steps = 8 if gpu else 2
@@ -348,7 +348,7 @@ def part_nano(s: Suite, tokens: Path | None, budget_s: float, max_epochs: float,
     figures = {}
     for stage, folder in exports.items():
         for split in ("stage1", "stage2"):
-            blocks = D.PackedBlocks.from_cache(tokens / split, "val", seq_len)
+            blocks = B.PackedBlocks.from_cache(tokens / split, "val", seq_len)
             figures[f"new {stage} on {split}"] = heldout_ppl(folder, blocks, s.device)
         figures[f"new {stage} on passages"] = passages_ppl(folder, s.device)
     s.emit({"part": "nano", "case": "held-out", **figures})

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from nucleus import architecture
-from train import data as D
+from train import blocks as B
 from train.engine import Data, TrainConfig, run
 from train.records import NoRecords
 
@@ -29,7 +29,7 @@ GIB = 2**30
 def random_data(cfg: TrainConfig) -> Data:
     """Random tokens in the shape of the real data: no dataset, no tokenising."""
     vocab = architecture.config(cfg.size).vocab_size
-    return Data(D.RandomBlocks(2**20, cfg.seq_len, vocab, cfg.seed), None, {"source": "random tokens"})
+    return Data(B.RandomBlocks(2**20, cfg.seq_len, vocab, cfg.seed), None, {"source": "random tokens"})
 
 
 def parse_args(argv=None):

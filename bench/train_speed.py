@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from nucleus import architecture
-from train import data as D
+from train import blocks as B
 from train.engine import Data, TrainConfig, flops_per_token, peak_flops, run
 from train.model_setup import enable_activation_checkpointing
 from train.records import NoRecords
@@ -72,8 +72,8 @@ def baseline(cfg: TrainConfig, steps: int, device: torch.device) -> dict:
                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
     sched = get_cosine_with_min_lr_schedule_with_warmup(opt, min(cfg.warmup_steps, steps), steps,
                                                         min_lr_rate=cfg.min_lr_ratio)
-    blocks = D.RandomBlocks(2**20, cfg.seq_len, model.config.vocab_size, cfg.seed)
-    order = D.BatchOrder(len(blocks), cfg.micro_batch, cfg.seed)
+    blocks = B.RandomBlocks(2**20, cfg.seq_len, model.config.vocab_size, cfg.seed)
+    order = B.BatchOrder(len(blocks), cfg.micro_batch, cfg.seed)
     accum = max(1, round(cfg.tokens_per_step / (cfg.micro_batch * cfg.seq_len)))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision != "fp32")
     if device.type == "cuda":
@@ -124,7 +124,7 @@ def main(argv=None) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     vocab = architecture.config(cfg.size).vocab_size
-    rows["b_nucleus"] = run(cfg, Data(D.RandomBlocks(2**20, cfg.seq_len, vocab, cfg.seed), None, {}), NoRecords())
+    rows["b_nucleus"] = run(cfg, Data(B.RandomBlocks(2**20, cfg.seq_len, vocab, cfg.seed), None, {}), NoRecords())
     rows["b_nucleus"]["tokens_per_second"] = rows["b_nucleus"].get("steady_tokens_per_second",
                                                                    rows["b_nucleus"]["tokens_per_second"])
     fpt = flops_per_token(architecture.config(cfg.size), rows["a_plain_hf"]["n_params"], cfg.seq_len)

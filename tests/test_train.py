@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import nucleus
+from train import blocks as B
 from train import data as D
 from train.engine import TrainConfig, run
 
@@ -99,7 +100,7 @@ def test_blocks_are_full_and_keep_eos_between_documents(tmp_path):
     assert all(stream[i + 1] == tok.bos_token_id for i in eos_at[:-1])
     first_doc = stream[1:eos_at[0]].tolist()
     assert tok.decode(first_doc) == sorted(corpus.iterdir())[0].read_text()
-    blocks = D.PackedBlocks.from_cache(cache, "train", 32)
+    blocks = B.PackedBlocks.from_cache(cache, "train", 32)
     assert len(blocks) == len(stream) // 32
     batch = blocks.batch([0, len(blocks) - 1])
     assert batch.shape == (2, 32) and (batch.flatten() != 0).all()          # full blocks, no padding

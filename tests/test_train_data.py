@@ -195,10 +195,10 @@ def test_existing_token_cache_needs_no_datasets_package(tmp_path, tok):
 import sys
 sys.modules["datasets"] = None                       # any `import datasets` now fails
 from nucleus.tokenizer import load_tokenizer
-from train import data as D
+from train import blocks as B, data as D
 folder = D.tokenize_to_cache(D.DataSpec({str(f)!r}), load_tokenizer(), {str(tmp_path / 'cache')!r})
 assert str(folder) == {str(first)!r}, folder
-print(len(D.PackedBlocks.from_cache(folder, "train", 16)))
+print(len(B.PackedBlocks.from_cache(folder, "train", 16)))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -218,13 +218,13 @@ def test_resume_frees_the_loaded_optimizer_state_and_abandons_later_checkpoints(
         loaded.append(weakref.ref(obj))
         return obj
 
-    def batch_and_check(self, indices, _orig=engine.D.PackedBlocks.batch):
+    def batch_and_check(self, indices, _orig=engine.B.PackedBlocks.batch):
         gc.collect()
         alive.append(any(r() is not None for r in loaded))
         return _orig(self, indices)
 
     monkeypatch.setattr(torch, "load", tracking_load)
-    monkeypatch.setattr(engine.D.PackedBlocks, "batch", batch_and_check)
+    monkeypatch.setattr(engine.B.PackedBlocks, "batch", batch_and_check)
     run(small(tmp_path, corpus, resume="auto"))
     assert loaded and alive and not any(alive)
     monkeypatch.undo()

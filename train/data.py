@@ -1,19 +1,16 @@
-"""Training data: datasets -> token ids -> packed blocks -> memmap cache, with a held-out split.
+"""Training data: datasets -> token ids -> a memmap cache per split, with a held-out split.
 
     texts (load_dataset: Hub name, or local txt/jsonl/json/parquet files or a folder of them,
-           split by file names as on the Hub: train*, validation*, test*)
+           split by file names as on the Hub: train*, validation*, test*; train/sources.py)
       -> <s> ids </s> per document (the Nucleus tokenizer; EOS marks every document boundary)
       -> one uint16 token stream per split, cached on disk (tokenised once, ever)
-      -> full fixed-length blocks of `seq_len` tokens (no padding; the ragged tail is dropped)
+      -> full fixed-length blocks of `seq_len` tokens, in a resumable order (train/blocks.py)
 
-`datasets` loads and streams; this module adds what it lacks for pretraining: validation of
-local files with errors naming the file, the on-disk token cache, packing, and a batch order
-that is a pure function of (seed, epoch, position) so a resumed run continues exactly where it
-stopped without replaying the loader.
+`datasets` loads and streams; this module adds what it lacks for pretraining: errors naming the
+file and the column, the held-out choice by a hash of each text, and the on-disk token cache.
 """
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import os
@@ -22,16 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-LOCAL_SUFFIXES = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+from train.sources import LOCAL_SUFFIXES, DataError, list_files, local_splits
+
 TOKENIZE_BATCH = 1000       # documents per tokenizer call (the fast tokenizer parallelises inside)
 CACHE_VERSION = 2           # 2: held-out choice by text hash, local splits, document separator
-
-
-class DataError(ValueError):
-    """Bad training data: names the file (or dataset) and the column."""
 
 
 @dataclass(frozen=True)
@@ -46,83 +39,6 @@ class DataSpec:
     streaming: bool = False              # stream large Hub datasets instead of downloading all
     document_separator: str | None = None  # one record holds several documents split by this
     data_files: str | None = None        # Hub dataset: only these files (a path or glob inside it)
-
-
-# ---- which files: local sources and their splits ------------------------------------------
-def _list_files(source: str) -> list[Path]:
-    """The local files of `source` ([] for a Hub name), without reading them (no `datasets` needed)."""
-    path = Path(source).expanduser()
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in LOCAL_SUFFIXES and p.is_file())
-        if not files:
-            raise DataError(f"{path}: no {', '.join(LOCAL_SUFFIXES)} files in this folder")
-        return files
-    return []
-
-
-def local_files(source: str) -> list[Path]:
-    """The local files of `source`, checked: known type, not empty, valid UTF-8, rows in Parquet."""
-    files = _list_files(source)
-    for f in files:
-        if f.suffix not in LOCAL_SUFFIXES:
-            raise DataError(f"{f}: unsupported file type; use one of {', '.join(LOCAL_SUFFIXES)}")
-        if f.stat().st_size == 0:
-            raise DataError(f"{f}: the file is empty")
-        if f.suffix == ".parquet":
-            _check_parquet(f)
-        else:
-            _check_utf8(f)
-    return files
-
-
-def local_splits(source: str) -> dict[str, list[Path]]:
-    """Local files by split, by `datasets`' own naming rules (train*, validation*/valid*/dev*/val*,
-    test*, in file or folder names: the Hub layout). A single file, or a folder whose names carry
-    no split, is all "train"."""
-    files = local_files(source)
-    path = Path(source).expanduser()
-    if path.is_file():
-        return {"train": files}
-    from datasets.data_files import DataFilesDict, get_data_patterns
-
-    resolved = DataFilesDict.from_patterns(get_data_patterns(str(path.resolve())), base_path=str(path.resolve()))
-    wanted = {f.resolve() for f in files}
-    splits = {str(name): sorted(Path(f) for f in found if Path(f).resolve() in wanted)
-              for name, found in resolved.items()}
-    stray = sorted(wanted - {f.resolve() for found in splits.values() for f in found})
-    if stray:                                       # never drop a file silently
-        raise DataError(f"{path}: {stray[0].relative_to(path.resolve())} belongs to no split, while other files do "
-                        "(names with train/validation/test choose the split); rename or move it")
-    return {name: found for name, found in splits.items() if found}
-
-
-def _check_parquet(path: Path) -> None:
-    import pyarrow.parquet as pq
-
-    try:
-        rows = pq.ParquetFile(path).metadata.num_rows
-    except Exception as e:      # pyarrow's ArrowInvalid and friends
-        raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
-    if rows == 0:
-        raise DataError(f"{path}: the Parquet file has no rows")
-
-
-def _check_utf8(path: Path) -> None:
-    decoder, offset = codecs.getincrementaldecoder("utf-8")(), 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            try:
-                decoder.decode(chunk)
-            except UnicodeDecodeError as e:
-                raise DataError(f"{path}: not UTF-8 text (invalid byte at offset {offset + e.start}); "
-                                "re-encode it, e.g. `iconv -f latin1 -t utf-8`") from None
-            offset += len(chunk)
-        try:
-            decoder.decode(b"", final=True)
-        except UnicodeDecodeError:
-            raise DataError(f"{path}: not UTF-8 text (truncated character at the end)") from None
 
 
 # ---- reading documents --------------------------------------------------------------------
@@ -179,13 +95,13 @@ def _load_hub(spec: DataSpec, split: str):
 
 def load_records(spec: DataSpec, split: str):
     """(the records of one split, a label for messages): local files or the Hub, as for training."""
-    splits = local_splits(spec.source) if _list_files(spec.source) else None
+    splits = local_splits(spec.source) if list_files(spec.source) else None
     return _load_local(spec, split, splits) if splits is not None else _load_hub(spec, split)
 
 
 def documents(spec: DataSpec, split: str = "train"):
     """The non-empty documents of one split, as training reads them (see _documents)."""
-    splits = local_splits(spec.source) if _list_files(spec.source) else None
+    splits = local_splits(spec.source) if list_files(spec.source) else None
     yield from _documents(spec, split, {}, splits)
 
 
@@ -243,7 +159,7 @@ def held_out_plan(spec: DataSpec, splits: dict[str, list[Path]] | None) -> tuple
 
 # ---- tokenising into the cache --------------------------------------------------------------
 def cache_key(spec: DataSpec, tokenizer) -> str:
-    files = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in _list_files(spec.source)]
+    files = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in list_files(spec.source)]
     ident = json.dumps([CACHE_VERSION, spec.__dict__, files, len(tokenizer),
                         tokenizer.encode("Nucleus ### Lesson\n 123", add_special_tokens=False)], sort_keys=True)
     return hashlib.sha256(ident.encode()).hexdigest()[:16]
@@ -324,7 +240,7 @@ def tokenize_to_cache(spec: DataSpec, tokenizer, cache_dir: str | Path, say=prin
         return folder
     if len(tokenizer) > np.iinfo(np.uint16).max:
         raise DataError(f"vocabulary of {len(tokenizer)} does not fit uint16 token ids")
-    splits = local_splits(spec.source) if _list_files(spec.source) else None   # checks every file once
+    splits = local_splits(spec.source) if list_files(spec.source) else None   # checks every file once
     val_split, held_out = held_out_plan(spec, splits)
     say(held_out)
     tmp = folder.with_name(folder.name + ".tmp")
@@ -353,65 +269,3 @@ def tokenize_to_cache(spec: DataSpec, tokenizer, cache_dir: str | Path, say=prin
     else:
         os.replace(tmp, folder)
     return folder
-
-
-# ---- packed blocks --------------------------------------------------------------------------
-class PackedBlocks:
-    """Full blocks of `seq_len` tokens over a cached token stream (memory-mapped, never loaded whole)."""
-
-    def __init__(self, tokens: np.ndarray, seq_len: int):
-        self.tokens, self.seq_len = tokens, seq_len
-        self.n_blocks = len(tokens) // seq_len
-
-    @classmethod
-    def from_cache(cls, folder: str | Path, split: str, seq_len: int) -> PackedBlocks:
-        path = Path(folder) / f"{split}.bin"
-        if path.stat().st_size == 0:
-            return cls(np.zeros(0, dtype=np.uint16), seq_len)
-        return cls(np.memmap(path, dtype=np.uint16, mode="r"), seq_len)
-
-    def __len__(self) -> int:
-        return self.n_blocks
-
-    def block(self, i: int) -> np.ndarray:
-        return np.asarray(self.tokens[i * self.seq_len:(i + 1) * self.seq_len])
-
-    def batch(self, indices) -> torch.Tensor:
-        return torch.from_numpy(np.stack([self.block(int(i)) for i in indices]).astype(np.int64))  # (B, T)
-
-
-class RandomBlocks:
-    """Random tokens in the shape of PackedBlocks, for benchmarks (no dataset needed)."""
-
-    def __init__(self, n_blocks: int, seq_len: int, vocab_size: int, seed: int = 0):
-        self.n_blocks, self.seq_len, self.vocab, self.seed = n_blocks, seq_len, vocab_size, seed
-
-    def __len__(self) -> int:
-        return self.n_blocks
-
-    def batch(self, indices) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(indices[0]))
-        return torch.randint(0, self.vocab, (len(indices), self.seq_len), generator=g)
-
-
-class BatchOrder:
-    """Which blocks make micro-batch number `k`: a pure function of (seed, epoch, k), so the
-    position saved in a checkpoint is all a resumed run needs. Each process takes a strided
-    share of every global micro-batch (data parallel)."""
-
-    def __init__(self, n_blocks: int, micro_batch: int, seed: int, rank: int = 0, world: int = 1):
-        self.global_batch = micro_batch * world
-        if n_blocks < self.global_batch:
-            raise DataError(f"only {n_blocks} blocks of data, fewer than one batch of {self.global_batch}; "
-                            "add data or lower micro_batch / seq_len")
-        self.n_blocks, self.micro_batch, self.seed, self.rank = n_blocks, micro_batch, seed, rank
-        self.per_epoch = n_blocks // self.global_batch
-        self._perm_epoch, self._perm = -1, None
-
-    def indices(self, k: int) -> np.ndarray:
-        epoch, j = divmod(k, self.per_epoch)
-        if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_blocks)
-            self._perm_epoch = epoch
-        start = j * self.global_batch + self.rank * self.micro_batch
-        return self._perm[start:start + self.micro_batch]

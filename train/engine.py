@@ -27,6 +27,7 @@ from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmu
 from nucleus.tokenizer import load_tokenizer
 
 from train import checkpoint
+from train import blocks as B
 from train import data as D
 from train.config import ConfigError, TrainConfig, add_config_flags, config_from_args
 from train.export import hardware
@@ -41,8 +42,8 @@ PEAK_TFLOPS = {"3090": 71, "4090": 165, "A100": 312, "H100": 989, "H200": 989}
 class Data:
     """Blocks whose batch() gives token ids (B, T), trained on as their own labels, or a dict of
     model inputs (input_ids, labels, position_ids: train/chat.py's packed examples)."""
-    train: D.PackedBlocks | D.RandomBlocks
-    val: D.PackedBlocks | None
+    train: B.PackedBlocks | B.RandomBlocks
+    val: B.PackedBlocks | None
     meta: dict
     chat_template: str | None = None     # stored in the exported tokenizer when set
 
@@ -85,13 +86,13 @@ def load_data(cfg: TrainConfig, tokenizer, acc: Accelerator) -> Data:
     with acc.main_process_first():                     # the main process tokenises, the others reuse
         cache = D.tokenize_to_cache(spec, tokenizer, cfg.cache_dir, say=acc.print)
     meta = json.loads((cache / "meta.json").read_text())
-    val = D.PackedBlocks.from_cache(cache, "val", cfg.seq_len)
+    val = B.PackedBlocks.from_cache(cache, "val", cfg.seq_len)
     acc.print(f"data: {meta['documents']:,} documents, {meta['tokens']:,} tokens; {meta.get('held_out', '')}: "
               f"{meta['val_documents']:,} documents, {meta['val_tokens']:,} tokens")
     if len(val) == 0:
         acc.print(f"no evaluation: the held-out set has {meta['val_tokens']:,} tokens, fewer than one block of "
                   f"seq_len {cfg.seq_len} (raise validation_fraction or set validation_split)")
-    return Data(D.PackedBlocks.from_cache(cache, "train", cfg.seq_len), val if len(val) else None, meta)
+    return Data(B.PackedBlocks.from_cache(cache, "train", cfg.seq_len), val if len(val) else None, meta)
 
 
 def make_optimizer(cfg: TrainConfig, model, device: torch.device):
@@ -184,7 +185,7 @@ def run(cfg: TrainConfig, data: Data | None = None, records: NoRecords | None = 
     if data.chat_template:
         tokenizer.chat_template = data.chat_template
     n_params = sum(p.numel() for p in model.parameters())
-    order = D.BatchOrder(len(data.train), cfg.micro_batch, cfg.seed, acc.process_index, acc.num_processes)
+    order = B.BatchOrder(len(data.train), cfg.micro_batch, cfg.seed, acc.process_index, acc.num_processes)
     accum = max(1, round(cfg.tokens_per_step / (cfg.micro_batch * cfg.seq_len * acc.num_processes)))
     step_tokens = accum * cfg.micro_batch * cfg.seq_len * acc.num_processes
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * order.per_epoch / accum))
