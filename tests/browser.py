@@ -57,6 +57,12 @@ def fill_kept(box, value: str, tries: int = 3):
                 raise
 
 
+def set_seed(pg, seed):
+    if not pg.locator("#seed").is_visible():
+        pg.get_by_text("Advanced").click()
+    fill_kept(pg.locator("#seed input, #seed textarea").first, str(seed))
+
+
 def set_max_new(pg, n: int):
     box = pg.locator("input[aria-label='number input for Max new tokens']")
     # a value above the slider's top shows in the box for a moment, then the page puts the old one back

@@ -13,7 +13,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from browser import WAIT, browser_on, open_page, output_text, run_to_end, set_max_new, stop_now
+from browser import WAIT, browser_on, open_page, output_text, run_to_end, set_max_new, set_seed, stop_now
 from conftest import ARTIFACTS
 
 HISTORY = "### Lesson: The Rise and Fall of the Roman Empire\n### Introduction\n"
@@ -61,9 +61,10 @@ def test_stream_and_stop(site):
     expect(page.locator("#seed input, #seed textarea").first).to_have_value(seed, timeout=10_000)
 
     # the worker is free again, and the same seed gives the same text (20 tokens, then 21)
-    a, _ = run_to_end(page, 20)
+    a, status_a = run_to_end(page, 20)
     b, status_b = run_to_end(page, 21)
-    assert f"Seed {seed}" in status_b and b.startswith(a) and len(b) > len(a)
+    # (one token more, unless the model ended the text within 20: the seed was drawn at random)
+    assert f"Seed {seed}" in status_b and b.startswith(a) and (len(b) > len(a) or "end of text" in status_a)
 
 
 def test_an_empty_seed_stays_empty_and_each_run_draws_a_new_one(site):
@@ -97,6 +98,7 @@ def test_stop_reaches_a_queued_run_and_spares_the_other_visitor(site):
 
 def test_phone_width_screenshot(site):
     page = open_page(site, 390, 844)
+    set_seed(page, 7)                # a seed that writes 12 tokens (a random one may end the text sooner)
     _, status = run_to_end(page, 12)
     assert "12 tokens" in status
     page.screenshot(path=str(ARTIFACTS / "space-phone.png"), full_page=True)
